@@ -1,0 +1,423 @@
+//! Best-effort reassembly of the seed filter's format, which names neither the stream nor the
+//! direction of an event.
+//!
+//! What makes it possible: all events of one stream run on one Envoy worker thread, and a Lua
+//! coroutine only yields inside the `bodyChunks()` iterator. So `started` and the headers line are
+//! consecutive on a thread, as are `showing bodyChunks` and the chunk text (or `finished`, or the
+//! getBytes error). What cannot be known: which of several open streams on a thread a chunk belongs
+//! to, and, in the body-only variant, whether a `started` is a response or another stream's request.
+//! Directions are inferred (headers when logged, else request/response alternation) and every
+//! record that concurrency may have mixed carries a warning.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::{log_time_ms, new_exchange, rfc3339_from_log_time, FileContext, Limits};
+use crate::envoy::LuaMessage;
+use crate::marker::v1::{parse_headers, Event};
+use crate::record::{Direction, Exchange, Headers, Source};
+
+/// A record is flagged when its thread saw concurrent streams within this window: the body-only
+/// variant can mis-pair streams whose directions happen not to overlap, and such mis-pairings only
+/// happen while the thread is busy with several streams.
+const CONTENTION_WINDOW_MS: i64 = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirRef {
+    key: u64,
+    response: bool,
+}
+
+struct StartInfo {
+    /// The exchange this `started` opens, if it turns out to be a request (or an orphan response).
+    exchange: Exchange,
+    offset: u64,
+    time: String,
+    end: u64,
+    response_hint: bool,
+}
+
+#[derive(Default)]
+struct ThreadState {
+    /// Directions started and not yet ended, oldest first.
+    open: Vec<DirRef>,
+    /// Exchanges whose request ended and whose response has not started.
+    awaiting: VecDeque<u64>,
+    /// After `showing bodyChunks`: the direction the next text is attributed to.
+    showing: Option<DirRef>,
+    /// A `started` whose direction is decided by the next event (headers, or not).
+    start: Option<StartInfo>,
+    /// `meta logPayload found` was seen: the next `started` is a response.
+    meta_found: bool,
+    last_contention_ms: Option<i64>,
+}
+
+struct Pending {
+    exchange: Exchange,
+    uncertain: bool,
+    failed: bool,
+}
+
+pub struct Assembler {
+    limits: Limits,
+    threads: HashMap<Option<u64>, ThreadState>,
+    exchanges: BTreeMap<u64, Pending>,
+    next_key: u64,
+    pub unattributed: u64,
+    pub script_errors: u64,
+    pub evicted: u64,
+}
+
+impl Assembler {
+    pub fn new(limits: Limits) -> Self {
+        Assembler {
+            limits,
+            threads: HashMap::new(),
+            exchanges: BTreeMap::new(),
+            next_key: 0,
+            unattributed: 0,
+            script_errors: 0,
+            evicted: 0,
+        }
+    }
+
+    pub fn push(
+        &mut self,
+        ctx: &FileContext,
+        msg: &LuaMessage<'_>,
+        event: Event<'_>,
+        out: &mut dyn FnMut(Exchange),
+    ) {
+        let thread = msg.thread;
+        let mut st = self.threads.remove(&thread).unwrap_or_default();
+        // A `started` is resolved by the event right after it on the same thread.
+        if let Some(start) = st.start.take() {
+            match event {
+                Event::Headers(block) => {
+                    let mut headers = Headers::new();
+                    parse_headers(block, &mut headers);
+                    let response = if headers.contains_key(":status") {
+                        true
+                    } else if headers.contains_key(":method") {
+                        false
+                    } else {
+                        start.response_hint
+                    };
+                    self.open(thread, &mut st, start, response, Some(headers), out);
+                    self.threads.insert(thread, st);
+                    return;
+                }
+                _ => {
+                    let response = start.response_hint;
+                    self.open(thread, &mut st, start, response, None, out);
+                }
+            }
+        }
+        // `showing bodyChunks` not followed by text: that chunk was the empty end-of-stream one.
+        if !matches!(
+            event,
+            Event::Text(_) | Event::Finished | Event::ScriptError(_)
+        ) {
+            if let Some(target) = st.showing.take() {
+                self.end(&mut st, target, msg, out);
+            }
+        }
+        match event {
+            Event::Started => {
+                let awaiting = !st.awaiting.is_empty();
+                let mut exchange = new_exchange(ctx, Source::LuaV1, msg);
+                exchange.log.thread = thread;
+                st.start = Some(StartInfo {
+                    exchange,
+                    offset: msg.offset,
+                    time: msg.time.to_string(),
+                    end: msg.end,
+                    response_hint: st.meta_found || awaiting,
+                });
+                st.meta_found = false;
+            }
+            Event::Headers(block) => {
+                // Headers always directly follow `started`; one arriving alone has no owner.
+                let _ = block;
+                self.unattributed += 1;
+            }
+            Event::ShowingChunk => match st.open.last() {
+                Some(&target) => st.showing = Some(target),
+                None => self.unattributed += 1,
+            },
+            Event::Text(text) => match st.showing.take() {
+                Some(target) => {
+                    let cap = self.limits.max_body_bytes;
+                    if let Some(dir) = self.direction(target) {
+                        dir.push_body(text, cap);
+                        if msg.truncated {
+                            dir.truncate("a body chunk's log line was cut before meshtap read it");
+                        }
+                    }
+                }
+                None => self.unattributed += 1,
+            },
+            Event::Finished => match st.showing.take().or(st.open.last().copied()) {
+                Some(target) => self.end(&mut st, target, msg, out),
+                None => self.unattributed += 1,
+            },
+            Event::ScriptError(text) => {
+                self.script_errors += 1;
+                match st.showing.take().or(st.open.last().copied()) {
+                    Some(target) => {
+                        let reason = format!(
+                            "the seed filter's Lua script failed and logged no more of this body: {}",
+                            String::from_utf8_lossy(text)
+                        );
+                        if let Some(p) = self.exchanges.get_mut(&target.key) {
+                            p.failed = true;
+                        }
+                        if let Some(dir) = self.direction(target) {
+                            dir.truncate(reason);
+                        }
+                        self.end(&mut st, target, msg, out);
+                    }
+                    None => self.unattributed += 1,
+                }
+            }
+            Event::MetaFound => st.meta_found = true,
+            Event::FindPath => {}
+        }
+        self.threads.insert(thread, st);
+    }
+
+    fn direction(&mut self, target: DirRef) -> Option<&mut Direction> {
+        let ex = &mut self.exchanges.get_mut(&target.key)?.exchange;
+        match target.response {
+            true => ex.response.as_mut(),
+            false => ex.request.as_mut(),
+        }
+    }
+
+    /// Opens a direction whose `started` was at `start`.
+    fn open(
+        &mut self,
+        thread: Option<u64>,
+        st: &mut ThreadState,
+        start: StartInfo,
+        response: bool,
+        headers: Option<Headers>,
+        out: &mut dyn FnMut(Exchange),
+    ) {
+        let now = log_time_ms(&start.time);
+        let mut contended = false;
+        let key = if response {
+            contended |= st.awaiting.len() > 1;
+            match st.awaiting.pop_front() {
+                Some(key) => key,
+                // The request is still open (its end was not logged) or was never logged.
+                None => match st.open.iter().position(|d| !d.response) {
+                    Some(i) => {
+                        let req = st.open.remove(i);
+                        if let Some(dir) = self.direction(req) {
+                            dir.ended = true;
+                        }
+                        req.key
+                    }
+                    None => self.insert(start.exchange, out),
+                },
+            }
+        } else {
+            self.insert(start.exchange, out)
+        };
+        let no_body = headers
+            .as_ref()
+            .is_some_and(|h| headers_say_no_body(h, response));
+        let mut dir = Direction {
+            headers,
+            start_time: Some(rfc3339_from_log_time(&start.time)),
+            ..Default::default()
+        };
+        dir.lift_pseudo_headers();
+        if let Some(p) = self.exchanges.get_mut(&key) {
+            match response {
+                true => p.exchange.response = Some(dir),
+                false => p.exchange.request = Some(dir),
+            }
+        }
+        let target = DirRef { key, response };
+        st.open.push(target);
+        contended |= st.open.len() > 1;
+        if contended {
+            st.last_contention_ms = now.or(st.last_contention_ms);
+            let involved: Vec<u64> = st
+                .open
+                .iter()
+                .map(|d| d.key)
+                .chain(st.awaiting.iter().copied())
+                .chain([key])
+                .collect();
+            for k in involved {
+                self.mark_uncertain(k, thread);
+            }
+        } else if let (Some(now), Some(last)) = (now, st.last_contention_ms) {
+            if (now - last).abs() <= CONTENTION_WINDOW_MS {
+                self.mark_uncertain(key, thread);
+            }
+        }
+        // The headers variant logs no end marker for a direction without a body.
+        if no_body {
+            let end_msg = LuaMessage {
+                layout: crate::envoy::Layout::Envoy,
+                level: crate::envoy::Level::Warning,
+                thread,
+                time: &start.time,
+                text: b"",
+                offset: start.offset,
+                end: start.end,
+                truncated: false,
+            };
+            self.end(st, target, &end_msg, out);
+        }
+    }
+
+    fn insert(&mut self, exchange: Exchange, out: &mut dyn FnMut(Exchange)) -> u64 {
+        if self.exchanges.len() >= self.limits.max_pending {
+            self.evict_oldest(out);
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        self.exchanges.insert(
+            key,
+            Pending {
+                exchange,
+                uncertain: false,
+                failed: false,
+            },
+        );
+        key
+    }
+
+    fn mark_uncertain(&mut self, key: u64, thread: Option<u64>) {
+        if let Some(p) = self.exchanges.get_mut(&key) {
+            if !p.uncertain {
+                p.uncertain = true;
+                let thread = thread.map_or_else(|| "?".to_string(), |t| t.to_string());
+                p.exchange.warn(format!(
+                    "lua-v1: several streams were in flight on Envoy thread {thread}; this record may \
+                     mix body chunks or pair the wrong request and response (the v1 format carries no stream id)"
+                ));
+            }
+        }
+    }
+
+    /// Ends a direction; an exchange whose response ended (and whose request is not open) is emitted.
+    fn end(
+        &mut self,
+        st: &mut ThreadState,
+        target: DirRef,
+        msg: &LuaMessage<'_>,
+        out: &mut dyn FnMut(Exchange),
+    ) {
+        st.open.retain(|d| *d != target);
+        if st.showing == Some(target) {
+            st.showing = None;
+        }
+        let Some(p) = self.exchanges.get_mut(&target.key) else {
+            return;
+        };
+        let dir = match target.response {
+            true => p.exchange.response.as_mut(),
+            false => p.exchange.request.as_mut(),
+        };
+        if let Some(dir) = dir {
+            dir.ended = true;
+            dir.end_time = Some(rfc3339_from_log_time(msg.time));
+        }
+        if !target.response {
+            if p.exchange.response.is_none() {
+                st.awaiting.push_back(target.key);
+            }
+            return;
+        }
+        let request_open = st.open.iter().any(|d| d.key == target.key);
+        if !request_open {
+            let p = self.exchanges.remove(&target.key).expect("present");
+            out(finish(p));
+        }
+    }
+
+    fn evict_oldest(&mut self, out: &mut dyn FnMut(Exchange)) {
+        if let Some((key, mut p)) = self.exchanges.pop_first() {
+            for st in self.threads.values_mut() {
+                st.open.retain(|d| d.key != key);
+                st.awaiting.retain(|k| *k != key);
+                if st.showing.is_some_and(|d| d.key == key) {
+                    st.showing = None;
+                }
+            }
+            p.exchange.warn(format!(
+                "emitted before its end: more than {} exchanges were pending",
+                self.limits.max_pending
+            ));
+            self.evicted += 1;
+            out(finish(p));
+        }
+    }
+
+    /// End of input: resolve what is pending, then emit every exchange left, oldest first.
+    pub fn finish(&mut self, out: &mut dyn FnMut(Exchange)) {
+        let threads: Vec<_> = self.threads.keys().copied().collect();
+        for thread in threads {
+            let mut st = self.threads.remove(&thread).expect("present");
+            if let Some(start) = st.start.take() {
+                let response = start.response_hint;
+                self.open(thread, &mut st, start, response, None, out);
+            }
+            if let Some(target) = st.showing.take() {
+                let time = String::new();
+                let msg = LuaMessage {
+                    layout: crate::envoy::Layout::Envoy,
+                    level: crate::envoy::Level::Warning,
+                    thread,
+                    time: &time,
+                    text: b"",
+                    offset: 0,
+                    end: 0,
+                    truncated: false,
+                };
+                self.end(&mut st, target, &msg, out);
+            }
+        }
+        while let Some((_, mut p)) = self.exchanges.pop_first() {
+            p.exchange.warn("the log ended before this exchange did");
+            out(finish(p));
+        }
+    }
+}
+
+/// The headers variant has no end marker, so a direction without a body must be recognised from
+/// its headers: no `content-length` (or zero) and no `transfer-encoding`, or a bodiless status.
+fn headers_say_no_body(headers: &Headers, response: bool) -> bool {
+    let first = |name: &str| headers.get(name).and_then(|v| v.first());
+    if response {
+        if let Some(status) = first(":status") {
+            if matches!(status.as_str(), "204" | "304") || status.starts_with('1') {
+                return true;
+            }
+        }
+    }
+    if headers.contains_key("transfer-encoding") {
+        return false;
+    }
+    match first("content-length") {
+        Some(len) => len.trim() == "0",
+        // A request without length headers has no body; a response without them may be
+        // close-delimited, but Envoy adds transfer-encoding or content-length for HTTP/1 clients.
+        None => true,
+    }
+}
+
+fn finish(mut p: Pending) -> Exchange {
+    let ex = &mut p.exchange;
+    let ended = |d: &Option<Direction>| d.as_ref().is_some_and(|d| d.ended);
+    ex.complete = ended(&ex.request) && ended(&ex.response) && !p.failed;
+    if ex.request.is_none() {
+        ex.warn("the request was not logged");
+    }
+    p.exchange
+}

@@ -1,0 +1,216 @@
+//! Exact reassembly of the v2 format: events are keyed by stream id, checked by sequence number.
+
+use std::collections::HashMap;
+
+use super::{new_exchange, rfc3339_from_ms, FileContext, Limits};
+use crate::envoy::LuaMessage;
+use crate::marker::v2::{decode_body, decode_headers, Dir, Event, Kind};
+use crate::record::{Direction, Exchange, Headers, Source};
+
+struct Pending {
+    exchange: Exchange,
+    /// Next expected sequence number per direction (request, response).
+    next_seq: [u64; 2],
+    started: [bool; 2],
+    /// Set when events were lost or unreadable: the exchange cannot be complete.
+    damaged: bool,
+}
+
+pub struct Assembler {
+    limits: Limits,
+    pending: HashMap<String, Pending>,
+    scratch: Vec<u8>,
+    pub evicted: u64,
+}
+
+impl Assembler {
+    pub fn new(limits: Limits) -> Self {
+        Assembler {
+            limits,
+            pending: HashMap::new(),
+            scratch: Vec::new(),
+            evicted: 0,
+        }
+    }
+
+    pub fn push(
+        &mut self,
+        ctx: &FileContext,
+        msg: &LuaMessage<'_>,
+        event: Event<'_>,
+        out: &mut dyn FnMut(Exchange),
+    ) {
+        let d = match event.dir {
+            Dir::Request => 0,
+            Dir::Response => 1,
+        };
+        // A new request under an id still pending means its earlier exchange never finished.
+        if matches!(event.kind, Kind::Start { .. }) {
+            if let Some(old) = self.pending.get(event.sid) {
+                if old.started[d] {
+                    let mut old = self.pending.remove(event.sid).expect("present");
+                    old.exchange
+                        .warn("stream id reused before this exchange ended; it is incomplete");
+                    out(finish(old));
+                }
+            }
+        }
+        if !self.pending.contains_key(event.sid) {
+            self.evict_if_full(out);
+            let mut exchange = new_exchange(ctx, Source::LuaV2, msg);
+            exchange.log.stream = Some(event.sid.to_string());
+            self.pending.insert(
+                event.sid.to_string(),
+                Pending {
+                    exchange,
+                    next_seq: [0, 0],
+                    started: [false, false],
+                    damaged: false,
+                },
+            );
+        }
+        let p = self.pending.get_mut(event.sid).expect("inserted above");
+        let name = ["request", "response"][d];
+        if event.seq != p.next_seq[d] {
+            p.damaged = true;
+            p.exchange.warn(format!(
+                "lost {name} events: expected line {} of the stream, got line {}",
+                p.next_seq[d], event.seq
+            ));
+        }
+        p.next_seq[d] = event.seq + 1;
+        let ex = &mut p.exchange;
+        let dir = match d {
+            0 => ex.request.get_or_insert_with(Direction::default),
+            _ => ex.response.get_or_insert_with(Direction::default),
+        };
+        if msg.truncated {
+            p.damaged = true;
+            dir.truncate("a log line of this direction was cut before meshtap read it");
+        }
+        match event.kind {
+            Kind::Start { time_ms, headers } => {
+                p.started[d] = true;
+                let mut parsed = Headers::new();
+                if let Err(e) = decode_headers(headers, &mut parsed) {
+                    p.damaged = true;
+                    ex.warn(format!("{name} headers unreadable: {e}"));
+                }
+                let time = rfc3339_from_ms(time_ms);
+                let dir = direction(ex, d);
+                dir.headers = Some(parsed);
+                dir.lift_pseudo_headers();
+                dir.start_time = Some(time.clone());
+                if d == 0 || ex.request.is_none() {
+                    ex.time = time;
+                }
+            }
+            Kind::Body(b64) => {
+                self.scratch.clear();
+                match decode_body(b64, &mut self.scratch) {
+                    Ok(()) => dir.push_body(&self.scratch, self.limits.max_body_bytes),
+                    Err(e) => {
+                        p.damaged = true;
+                        dir.truncate(format!("a {name} body line was unreadable: {e}"));
+                    }
+                }
+            }
+            Kind::Trailers(b64) => {
+                let mut parsed = Headers::new();
+                if let Err(e) = decode_headers(b64, &mut parsed) {
+                    p.damaged = true;
+                    ex.warn(format!("{name} trailers unreadable: {e}"));
+                }
+                direction(ex, d).trailers = Some(parsed);
+            }
+            Kind::End {
+                time_ms,
+                size,
+                truncated,
+            } => {
+                dir.ended = true;
+                dir.end_time = Some(rfc3339_from_ms(time_ms));
+                if truncated {
+                    dir.truncate(format!(
+                        "the filter logged the first {} of {size} body bytes (its MAX_BODY)",
+                        dir.body.len()
+                    ));
+                } else if size > dir.body_size && !dir.body_truncated {
+                    p.damaged = true;
+                    dir.truncate(format!(
+                        "the filter saw {size} body bytes but only {} were read",
+                        dir.body_size
+                    ));
+                }
+                dir.body_size = dir.body_size.max(size);
+            }
+        }
+        let done = |dir: &Option<Direction>| dir.as_ref().is_some_and(|d| d.ended);
+        let ex = &p.exchange;
+        // A response without a logged request (filter added mid-stream, or an earlier file) is
+        // emitted when the response ends; otherwise both directions must end.
+        if done(&ex.response) && (done(&ex.request) || !p.started[0]) {
+            let p = self.pending.remove(event.sid).expect("present");
+            out(finish(p));
+        }
+    }
+
+    fn evict_if_full(&mut self, out: &mut dyn FnMut(Exchange)) {
+        if self.pending.len() < self.limits.max_pending {
+            return;
+        }
+        let oldest = self
+            .pending
+            .iter()
+            .min_by_key(|(_, p)| p.exchange.log.offset)
+            .map(|(k, _)| k.clone());
+        if let Some(key) = oldest {
+            let mut p = self.pending.remove(&key).expect("present");
+            p.exchange.warn(format!(
+                "emitted before its end: more than {} exchanges were pending",
+                self.limits.max_pending
+            ));
+            self.evicted += 1;
+            out(finish(p));
+        }
+    }
+
+    pub fn finish(&mut self, out: &mut dyn FnMut(Exchange)) {
+        let mut rest: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        rest.sort_by_key(|p| p.exchange.log.offset);
+        for mut p in rest {
+            p.exchange.warn("the log ended before this exchange did");
+            out(finish(p));
+        }
+    }
+}
+
+fn direction(ex: &mut Exchange, d: usize) -> &mut Direction {
+    match d {
+        0 => ex.request.get_or_insert_with(Direction::default),
+        _ => ex.response.get_or_insert_with(Direction::default),
+    }
+}
+
+fn finish(mut p: Pending) -> Exchange {
+    let ex = &mut p.exchange;
+    for (d, name) in [(0, "request"), (1, "response")] {
+        let ended = match d {
+            0 => ex.request.as_ref().map(|dir| dir.ended),
+            _ => ex.response.as_ref().map(|dir| dir.ended),
+        };
+        let Some(ended) = ended else { continue };
+        if !p.started[d] {
+            p.damaged = true;
+            ex.warn(format!("the start of the {name} was not in the log"));
+        }
+        p.damaged |= !ended;
+    }
+    if ex.request.is_none() {
+        ex.warn("the request was not logged");
+    }
+    let both = ex.request.as_ref().is_some_and(|d| d.ended)
+        && ex.response.as_ref().is_some_and(|d| d.ended);
+    ex.complete = both && !p.damaged;
+    p.exchange
+}

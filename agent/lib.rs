@@ -1,0 +1,26 @@
+//! meshtap: HTTP API payload capture for an Istio service mesh.
+//!
+//! A log line travels through the stages in the order of the folders:
+//!
+//! 1. [`read`]: physical lines (with byte offsets) from a container log file, plain or gzip.
+//! 2. [`decode`]: the container runtime's framing (CRI, docker json-file, or raw) removed, partial
+//!    lines joined: [`decode::ContainerLine`].
+//! 3. [`envoy`]: Envoy's log layouts (Envoy default, Istio text, Istio JSON) recognised and multi-line
+//!    messages joined; only Lua `script log:` messages go on: [`envoy::LuaMessage`].
+//! 4. [`marker`]: each Lua message classified as a `[logPayload]` event of the seed's format (v1) or
+//!    of meshtap's own filter (v2).
+//! 5. [`assemble`]: events reassembled into one [`record::Exchange`] per request/response.
+//! 6. [`output`]: exchanges written out (NDJSON).
+//!
+//! [`pipeline`] wires the stages together for one file; [`k8s`] derives pod identity from log paths.
+
+pub mod assemble;
+pub mod cli;
+pub mod decode;
+pub mod envoy;
+pub mod k8s;
+pub mod marker;
+pub mod output;
+pub mod pipeline;
+pub mod read;
+pub mod record;

@@ -1,0 +1,200 @@
+//! meshtap's own filter format ("lua-v2"), written by deploy/envoyfilter-lua-v2.yaml and documented
+//! in docs/lua-v2-format.md. Every event is one line: `[logPayload] v2 <event> <sid> <seq> <fields>`.
+//! Bodies and header blocks are base64, so nothing in a line can span lines or break a runtime.
+
+use base64::Engine as _;
+
+use crate::record::Headers;
+
+/// Marks a v2 line, after Envoy's `script log: `.
+pub const PREFIX: &[u8] = b"[logPayload] v2 ";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Request,
+    Response,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kind<'a> {
+    /// `rq`/`rs`: `<time-ms> <headers-base64 or ->`.
+    Start { time_ms: i64, headers: &'a [u8] },
+    /// `rqb`/`rsb`: `<body-base64>`.
+    Body(&'a [u8]),
+    /// `rqt`/`rst`: `<trailers-base64 or ->`.
+    Trailers(&'a [u8]),
+    /// `rqe`/`rse`: `<time-ms> <body size seen> <1 if not all of it was logged>`.
+    End {
+        time_ms: i64,
+        size: u64,
+        truncated: bool,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Event<'a> {
+    pub dir: Dir,
+    pub sid: &'a str,
+    pub seq: u64,
+    pub kind: Kind<'a>,
+}
+
+/// Why a v2 line could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("unknown v2 event {0:?}")]
+    UnknownEvent(String),
+    #[error("v2 line lacks its {0} field")]
+    Missing(&'static str),
+    #[error("v2 line has a malformed {0} field")]
+    Malformed(&'static str),
+    #[error("invalid base64 in the {0} field")]
+    Base64(&'static str),
+}
+
+fn field<'a>(
+    fields: &mut impl Iterator<Item = &'a [u8]>,
+    name: &'static str,
+) -> Result<&'a [u8], FormatError> {
+    fields.next().ok_or(FormatError::Missing(name))
+}
+
+fn number<T: std::str::FromStr>(bytes: &[u8], name: &'static str) -> Result<T, FormatError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(FormatError::Malformed(name))
+}
+
+/// Parses the part of a v2 line after [`PREFIX`].
+pub fn parse(line: &[u8]) -> Result<Event<'_>, FormatError> {
+    let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
+    let event = field(&mut fields, "event")?;
+    let (dir, suffix) = match event.get(..2) {
+        Some(b"rq") => (Dir::Request, &event[2..]),
+        Some(b"rs") => (Dir::Response, &event[2..]),
+        _ => return Err(unknown(event)),
+    };
+    let sid = std::str::from_utf8(field(&mut fields, "stream id")?)
+        .map_err(|_| FormatError::Malformed("stream id"))?;
+    let seq = number(field(&mut fields, "seq")?, "seq")?;
+    let kind = match suffix {
+        b"" => Kind::Start {
+            time_ms: number(field(&mut fields, "time")?, "time")?,
+            headers: field(&mut fields, "headers")?,
+        },
+        b"b" => Kind::Body(field(&mut fields, "body")?),
+        b"t" => Kind::Trailers(field(&mut fields, "trailers")?),
+        b"e" => Kind::End {
+            time_ms: number(field(&mut fields, "time")?, "time")?,
+            size: number(field(&mut fields, "size")?, "size")?,
+            truncated: match field(&mut fields, "truncated")? {
+                b"0" => false,
+                b"1" => true,
+                _ => return Err(FormatError::Malformed("truncated")),
+            },
+        },
+        _ => return Err(unknown(event)),
+    };
+    Ok(Event {
+        dir,
+        sid,
+        seq,
+        kind,
+    })
+}
+
+fn unknown(event: &[u8]) -> FormatError {
+    FormatError::UnknownEvent(String::from_utf8_lossy(&event[..event.len().min(16)]).into_owned())
+}
+
+/// Decodes a base64 body piece, appending to `out`.
+pub fn decode_body(b64: &[u8], out: &mut Vec<u8>) -> Result<(), FormatError> {
+    base64::engine::general_purpose::STANDARD
+        .decode_vec(b64, out)
+        .map_err(|_| FormatError::Base64("body"))
+}
+
+/// Decodes a header block: base64 of `name\nvalue\n` per header (HTTP forbids newlines in both).
+pub fn decode_headers(b64: &[u8], headers: &mut Headers) -> Result<(), FormatError> {
+    if b64 == b"-" {
+        return Ok(());
+    }
+    let block = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| FormatError::Base64("headers"))?;
+    let mut lines = block.split(|&b| b == b'\n');
+    while let (Some(name), Some(value)) = (lines.next(), lines.next()) {
+        if name.is_empty() {
+            continue;
+        }
+        headers
+            .entry(String::from_utf8_lossy(name).to_ascii_lowercase())
+            .or_default()
+            .push(String::from_utf8_lossy(value).into_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_event() {
+        assert_eq!(
+            parse(b"rq a.1 0 1795596685480 OmF1dGhvcml0eQp4Cg==").unwrap(),
+            Event {
+                dir: Dir::Request,
+                sid: "a.1",
+                seq: 0,
+                kind: Kind::Start {
+                    time_ms: 1795596685480,
+                    headers: b"OmF1dGhvcml0eQp4Cg=="
+                }
+            }
+        );
+        assert_eq!(parse(b"rsb a.1 3 aGk=").unwrap().kind, Kind::Body(b"aGk="));
+        assert_eq!(parse(b"rst a.1 4 -").unwrap().kind, Kind::Trailers(b"-"));
+        assert_eq!(
+            parse(b"rse a.1 5 17 200004 1").unwrap().kind,
+            Kind::End {
+                time_ms: 17,
+                size: 200004,
+                truncated: true
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_lines() {
+        assert_eq!(
+            parse(b"zz a 0"),
+            Err(FormatError::UnknownEvent("zz".into()))
+        );
+        assert_eq!(parse(b"rq a"), Err(FormatError::Missing("seq")));
+        assert_eq!(parse(b"rqe a 1 x 2 0"), Err(FormatError::Malformed("time")));
+        assert_eq!(
+            parse(b"rqe a 1 5 2 7"),
+            Err(FormatError::Malformed("truncated"))
+        );
+        assert_eq!(
+            parse(b"rqx a 1"),
+            Err(FormatError::UnknownEvent("rqx".into()))
+        );
+    }
+
+    #[test]
+    fn decodes_headers_and_repeats() {
+        let mut h = Headers::new();
+        let b64 =
+            base64::engine::general_purpose::STANDARD.encode(":path\n/a b\nx-foo\n1\nX-Foo\n2\n");
+        decode_headers(b64.as_bytes(), &mut h).unwrap();
+        assert_eq!(h[":path"], vec!["/a b"]);
+        assert_eq!(h["x-foo"], vec!["1", "2"]);
+        assert_eq!(
+            decode_headers(b"!!", &mut h),
+            Err(FormatError::Base64("headers"))
+        );
+    }
+}

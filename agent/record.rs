@@ -1,0 +1,192 @@
+//! The exchange record: one JSON object per HTTP request/response exchange.
+//!
+//! This is meshtap's output schema, documented field by field in `docs/record.md`. Assemblers build
+//! [`Exchange`] values; sinks serialize them once with `serde_json`.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::{Serialize, Serializer};
+
+/// Where a record came from: which reader produced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Source {
+    /// The seed article's Lua filter (`[logPayload] started` / chunks / `finished`).
+    #[serde(rename = "lua-v1")]
+    LuaV1,
+    /// meshtap's own Lua filter (`[logPayload] v2 ...`, one line per event).
+    #[serde(rename = "lua-v2")]
+    LuaV2,
+}
+
+/// Kubernetes identity of the container whose log held the exchange.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct K8sMeta {
+    pub namespace: String,
+    pub pod: String,
+    pub pod_uid: String,
+    pub container: String,
+}
+
+/// Where in the log the exchange was read: enough to find it again with `less +<offset>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LogPosition {
+    /// The file the exchange's first event was read from.
+    pub file: String,
+    /// Byte offset (in the decompressed file) of the first event's line.
+    pub offset: u64,
+    /// Envoy worker thread id, when the log layout carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread: Option<u64>,
+    /// The v2 filter's stream id, correlating the request and response lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+}
+
+/// Header name (lower-case) to every value seen, in order: lossless for repeated headers.
+pub type Headers = BTreeMap<String, Vec<String>>;
+
+/// One direction (request or response) of an exchange.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Direction {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Headers as the filter logged them; `None` when the filter variant logs no headers.
+    pub headers: Option<Headers>,
+    /// Trailers, when the filter logged any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trailers: Option<Headers>,
+    /// The body bytes that were logged; serialized as `body` + `body_encoding`.
+    #[serde(flatten, serialize_with = "serialize_body")]
+    pub body: Vec<u8>,
+    /// Bytes of body seen by the filter (can exceed `body.len()` when truncated).
+    pub body_size: u64,
+    /// True when `body` holds fewer bytes than the direction carried, or may do so.
+    pub body_truncated: bool,
+    /// Why the body is truncated, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated_reason: Option<String>,
+    /// When this direction started (RFC 3339), if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When this direction's end was logged (RFC 3339), if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    /// Whether the end of this direction was seen.
+    #[serde(skip)]
+    pub ended: bool,
+}
+
+impl Direction {
+    /// Mark the body as truncated, keeping the first reason given.
+    pub fn truncate(&mut self, reason: impl Into<String>) {
+        self.body_truncated = true;
+        if self.truncated_reason.is_none() {
+            self.truncated_reason = Some(reason.into());
+        }
+    }
+
+    /// Append body bytes, honouring `cap` (bytes kept per direction); bytes beyond it are counted
+    /// in `body_size` and flagged, never kept.
+    pub fn push_body(&mut self, bytes: &[u8], cap: usize) {
+        self.body_size += bytes.len() as u64;
+        let room = cap.saturating_sub(self.body.len());
+        if bytes.len() > room {
+            self.body.extend_from_slice(&bytes[..room]);
+            self.truncate(format!("body exceeded meshtap's max_body_bytes ({cap})"));
+        } else {
+            self.body.extend_from_slice(bytes);
+        }
+    }
+
+    /// Record the pseudo-headers that name the request or response in their own fields.
+    pub fn lift_pseudo_headers(&mut self) {
+        let Some(headers) = &self.headers else { return };
+        let first = |name: &str| headers.get(name).and_then(|v| v.first()).cloned();
+        self.method = first(":method");
+        self.path = first(":path");
+        self.authority = first(":authority");
+        self.status = first(":status").and_then(|s| s.trim().parse().ok());
+    }
+}
+
+/// One HTTP exchange: a request and its response, as complete as the log allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exchange {
+    /// Deterministic id derived from the log position (file fingerprint + offset of first event).
+    pub id: String,
+    pub source: Source,
+    /// When the exchange started (RFC 3339).
+    pub time: String,
+    pub k8s: Option<K8sMeta>,
+    pub log: LogPosition,
+    pub request: Option<Direction>,
+    pub response: Option<Direction>,
+    /// True when both directions were logged to their end.
+    pub complete: bool,
+    pub warnings: Vec<String>,
+}
+
+impl Exchange {
+    /// Add a warning once (assemblers may hit the same condition repeatedly).
+    pub fn warn(&mut self, warning: impl Into<String>) {
+        let warning = warning.into();
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
+    }
+}
+
+/// Serializes a body as `"body": <utf8 or base64 text>, "body_encoding": "utf8" | "base64"`.
+fn serialize_body<S: Serializer>(body: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(2))?;
+    match std::str::from_utf8(body) {
+        Ok(text) => {
+            map.serialize_entry("body", text)?;
+            map.serialize_entry("body_encoding", "utf8")?;
+        }
+        Err(_) => {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(body);
+            map.serialize_entry("body", &encoded)?;
+            map.serialize_entry("body_encoding", "base64")?;
+        }
+    }
+    map.end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_bodies_serialize_as_base64_and_text_as_utf8() {
+        let mut d = Direction {
+            body: vec![0xff, 0x00, b'a'],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["body"], "/wBh");
+        assert_eq!(v["body_encoding"], "base64");
+        d.body = "héllo\n".as_bytes().to_vec();
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["body"], "héllo\n");
+        assert_eq!(v["body_encoding"], "utf8");
+    }
+
+    #[test]
+    fn push_body_caps_and_flags() {
+        let mut d = Direction::default();
+        d.push_body(b"abcdef", 4);
+        d.push_body(b"gh", 4);
+        assert_eq!(d.body, b"abcd");
+        assert_eq!(d.body_size, 8);
+        assert!(d.body_truncated);
+    }
+}
