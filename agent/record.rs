@@ -180,6 +180,74 @@ mod tests {
         assert_eq!(v["body_encoding"], "utf8");
     }
 
+    /// The keys of a JSON value, recursively; header maps are leaves (their keys are data).
+    fn shape(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(map) = v {
+            for (k, child) in map {
+                let p = format!("{path}.{k}");
+                out.push(p.clone());
+                if k != "headers" && k != "trailers" {
+                    shape(child, &p, out);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn docs_sample_matches_the_schema() {
+        let doc = include_str!("../docs/record.md");
+        let start = doc.find("```json\n").expect("docs/record.md has a json sample") + 8;
+        let end = start + doc[start..].find("```").expect("closed");
+        let sample: serde_json::Value = serde_json::from_str(&doc[start..end]).unwrap();
+
+        let full = Direction {
+            method: Some("POST".into()),
+            path: Some("/".into()),
+            authority: Some("a".into()),
+            status: None,
+            headers: Some(Headers::new()),
+            trailers: Some(Headers::new()),
+            body: b"x".to_vec(),
+            body_size: 1,
+            body_truncated: false,
+            truncated_reason: None,
+            start_time: Some("t".into()),
+            end_time: Some("t".into()),
+            ended: true,
+        };
+        let exchange = Exchange {
+            id: "0".into(),
+            source: Source::LuaV2,
+            time: "t".into(),
+            k8s: Some(K8sMeta::default()),
+            log: LogPosition {
+                file: "f".into(),
+                offset: 0,
+                thread: Some(1),
+                stream: Some("s".into()),
+            },
+            request: Some(full.clone()),
+            response: Some(Direction {
+                method: None,
+                path: None,
+                authority: None,
+                trailers: None,
+                status: Some(200),
+                truncated_reason: Some("r".into()),
+                ..full
+            }),
+            complete: true,
+            warnings: vec![],
+        };
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        shape(&sample, "", &mut want);
+        shape(&serde_json::to_value(&exchange).unwrap(), "", &mut got);
+        want.sort();
+        got.sort();
+        assert_eq!(want, got, "docs/record.md sample and the emitted record differ");
+        assert_eq!(sample["source"], "lua-v2");
+    }
+
     #[test]
     fn push_body_caps_and_flags() {
         let mut d = Direction::default();

@@ -185,6 +185,26 @@ mod tests {
     }
 
     #[test]
+    fn docs_example_parses() {
+        let doc = include_str!("../../docs/lua-v2-format.md");
+        let start = doc.find("```text\n").expect("example block") + 8;
+        let end = start + doc[start..].find("```").expect("closed");
+        let mut body = [Vec::new(), Vec::new()];
+        let mut lines = 0;
+        for line in doc[start..end].lines() {
+            let event = parse(line.as_bytes().strip_prefix(PREFIX).expect("prefix")).unwrap();
+            assert_eq!(event.sid, "6b06a18c.7f2ddc2776b0.3");
+            if let Kind::Body(b64) = event.kind {
+                decode_body(b64, &mut body[event.dir as usize]).unwrap();
+            }
+            lines += 1;
+        }
+        assert_eq!(lines, 7);
+        assert_eq!(body[0], b"hello world");
+        assert_eq!(body[1], b"got:hello world");
+    }
+
+    #[test]
     fn decodes_headers_and_repeats() {
         let mut h = Headers::new();
         let b64 =
