@@ -16,6 +16,7 @@
 
 pub mod assemble;
 pub mod cli;
+pub mod config;
 pub mod decode;
 pub mod envoy;
 pub mod k8s;

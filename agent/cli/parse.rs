@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
+use crate::config::Config;
 use crate::decode::Format;
 use crate::output::NdjsonWriter;
-use crate::pipeline::{self, Settings};
+use crate::pipeline;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum FormatArg {
@@ -24,28 +25,41 @@ pub struct ParseArgs {
     /// as one stream, oldest first.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// Container log format (detected per file by default).
-    #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
-    pub format: FormatArg,
-    /// Body bytes kept per direction; larger bodies are cut and flagged `body_truncated`.
-    #[arg(long, default_value_t = Settings::default().limits.max_body_bytes)]
-    pub max_body_bytes: usize,
+    /// YAML configuration (see config/meshtap.yaml); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Container log format [default: auto, detected per file].
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Body bytes kept per direction; larger bodies are cut and flagged `body_truncated`
+    /// [default: 4194304].
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
     /// Print the summary as JSON instead of a sentence.
     #[arg(long)]
     pub summary_json: bool,
 }
 
 pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
-    let mut settings = Settings {
-        format: match args.format {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let mut settings = config.settings();
+    if let Some(format) = args.format {
+        settings.format = match format {
             FormatArg::Auto => None,
             FormatArg::Cri => Some(Format::Cri),
             FormatArg::Docker => Some(Format::Docker),
             FormatArg::Raw => Some(Format::Raw),
-        },
-        ..Settings::default()
-    };
-    settings.limits.max_body_bytes = args.max_body_bytes;
+        };
+    }
+    if let Some(max) = args.max_body_bytes {
+        if max == 0 {
+            anyhow::bail!("--max-body-bytes must be greater than 0");
+        }
+        settings.limits.max_body_bytes = max;
+    }
 
     let stdout = io::stdout().lock();
     let mut writer = NdjsonWriter::new(io::BufWriter::with_capacity(1 << 16, stdout));
