@@ -125,6 +125,7 @@ fn parse_file(
                 decoder.push(&line, &mut |line| {
                     joiner.push(&line, &mut |msg| assembler.push(ctx, msg, out))
                 });
+                ctx.format = decoder.format();
             }
             Ok(None) => break,
             Err(e) => {

@@ -196,7 +196,10 @@ mod tests {
     #[test]
     fn docs_sample_matches_the_schema() {
         let doc = include_str!("../docs/record.md");
-        let start = doc.find("```json\n").expect("docs/record.md has a json sample") + 8;
+        let start = doc
+            .find("```json\n")
+            .expect("docs/record.md has a json sample")
+            + 8;
         let end = start + doc[start..].find("```").expect("closed");
         let sample: serde_json::Value = serde_json::from_str(&doc[start..end]).unwrap();
 
@@ -244,7 +247,10 @@ mod tests {
         shape(&serde_json::to_value(&exchange).unwrap(), "", &mut got);
         want.sort();
         got.sort();
-        assert_eq!(want, got, "docs/record.md sample and the emitted record differ");
+        assert_eq!(
+            want, got,
+            "docs/record.md sample and the emitted record differ"
+        );
         assert_eq!(sample["source"], "lua-v2");
     }
 

@@ -41,6 +41,8 @@ pub struct FileContext {
     /// Checksum of the file's first line: stable across rename and gzip, unlike the path.
     pub fingerprint: u64,
     pub k8s: Option<K8sMeta>,
+    /// The file's container log format, once detected.
+    pub format: Option<crate::decode::Format>,
 }
 
 /// Counts of what the assemblers did, for the summary and metrics.
@@ -102,19 +104,6 @@ pub fn rfc3339_from_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
-}
-
-/// Milliseconds since the epoch of a log time, for the v1 contention window.
-pub(crate) fn log_time_ms(time: &str) -> Option<i64> {
-    if time.as_bytes().get(10) == Some(&b' ') {
-        chrono::NaiveDateTime::parse_from_str(time, "%Y-%m-%d %H:%M:%S%.f")
-            .ok()
-            .map(|t| t.and_utc().timestamp_millis())
-    } else {
-        chrono::DateTime::parse_from_rfc3339(time)
-            .ok()
-            .map(|t| t.timestamp_millis())
-    }
 }
 
 /// Both assemblers behind one entry point: a file may hold both formats during a migration.
@@ -197,10 +186,5 @@ mod tests {
             "2026-11-25T08:47:45.772123Z"
         );
         assert_eq!(rfc3339_from_ms(1795596685480), "2026-11-25T08:51:25.480Z");
-        assert_eq!(log_time_ms("2026-11-25 08:51:25.480"), Some(1795596685480));
-        assert_eq!(
-            log_time_ms("2026-11-25T08:51:25.480+00:00"),
-            Some(1795596685480)
-        );
     }
 }

@@ -6,20 +6,19 @@
 //! consecutive on a thread, as are `showing bodyChunks` and the chunk text (or `finished`, or the
 //! getBytes error). What cannot be known: which of several open streams on a thread a chunk belongs
 //! to, and, in the body-only variant, whether a `started` is a response or another stream's request.
-//! Directions are inferred (headers when logged, else request/response alternation) and every
-//! record that concurrency may have mixed carries a warning.
+//! With headers (the path-filter variant) the direction of every `started` is known, so records are
+//! exact unless several streams overlap on a thread, which is detected and flagged. Without headers
+//! (the body-only variant) directions are paired by alternation, which no event in the log can
+//! confirm: concurrent requests on one worker commonly log whole, back to back, before any response
+//! (seen with a real Envoy), and a log may begin mid-exchange. Every body-only record therefore
+//! says that its pairing is inferred.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use super::{log_time_ms, new_exchange, rfc3339_from_log_time, FileContext, Limits};
+use super::{new_exchange, rfc3339_from_log_time, FileContext, Limits};
 use crate::envoy::LuaMessage;
 use crate::marker::v1::{parse_headers, Event};
 use crate::record::{Direction, Exchange, Headers, Source};
-
-/// A record is flagged when its thread saw concurrent streams within this window: the body-only
-/// variant can mis-pair streams whose directions happen not to overlap, and such mis-pairings only
-/// happen while the thread is busy with several streams.
-const CONTENTION_WINDOW_MS: i64 = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct DirRef {
@@ -48,13 +47,14 @@ struct ThreadState {
     start: Option<StartInfo>,
     /// `meta logPayload found` was seen: the next `started` is a response.
     meta_found: bool,
-    last_contention_ms: Option<i64>,
 }
 
 struct Pending {
     exchange: Exchange,
     uncertain: bool,
     failed: bool,
+    /// A body's raw bytes may have been changed by the runtime or the JSON layout.
+    altered_body: bool,
 }
 
 pub struct Assembler {
@@ -147,6 +147,13 @@ impl Assembler {
             Event::Text(text) => match st.showing.take() {
                 Some(target) => {
                     let cap = self.limits.max_body_bytes;
+                    if let Some(p) = self.exchanges.get_mut(&target.key) {
+                        let dir = match target.response {
+                            true => p.exchange.response.as_ref(),
+                            false => p.exchange.request.as_ref(),
+                        };
+                        p.altered_body |= body_may_be_altered(ctx, msg, text, dir);
+                    }
                     if let Some(dir) = self.direction(target) {
                         dir.push_body(text, cap);
                         if msg.truncated {
@@ -203,7 +210,6 @@ impl Assembler {
         headers: Option<Headers>,
         out: &mut dyn FnMut(Exchange),
     ) {
-        let now = log_time_ms(&start.time);
         let mut contended = false;
         let key = if response {
             contended |= st.awaiting.len() > 1;
@@ -243,7 +249,6 @@ impl Assembler {
         st.open.push(target);
         contended |= st.open.len() > 1;
         if contended {
-            st.last_contention_ms = now.or(st.last_contention_ms);
             let involved: Vec<u64> = st
                 .open
                 .iter()
@@ -253,10 +258,6 @@ impl Assembler {
                 .collect();
             for k in involved {
                 self.mark_uncertain(k, thread);
-            }
-        } else if let (Some(now), Some(last)) = (now, st.last_contention_ms) {
-            if (now - last).abs() <= CONTENTION_WINDOW_MS {
-                self.mark_uncertain(key, thread);
             }
         }
         // The headers variant logs no end marker for a direction without a body.
@@ -270,6 +271,7 @@ impl Assembler {
                 offset: start.offset,
                 end: start.end,
                 truncated: false,
+                altered: false,
             };
             self.end(st, target, &end_msg, out);
         }
@@ -287,6 +289,7 @@ impl Assembler {
                 exchange,
                 uncertain: false,
                 failed: false,
+                altered_body: false,
             },
         );
         key
@@ -326,7 +329,9 @@ impl Assembler {
         };
         if let Some(dir) = dir {
             dir.ended = true;
-            dir.end_time = Some(rfc3339_from_log_time(msg.time));
+            if !msg.time.is_empty() {
+                dir.end_time = Some(rfc3339_from_log_time(msg.time));
+            }
         }
         if !target.response {
             if p.exchange.response.is_none() {
@@ -379,6 +384,7 @@ impl Assembler {
                     offset: 0,
                     end: 0,
                     truncated: false,
+                    altered: false,
                 };
                 self.end(&mut st, target, &msg, out);
             }
@@ -391,29 +397,78 @@ impl Assembler {
 }
 
 /// The headers variant has no end marker, so a direction without a body must be recognised from
-/// its headers: no `content-length` (or zero) and no `transfer-encoding`, or a bodiless status.
+/// its headers. Envoy's HTTP/1 codec removes `transfer-encoding` before filters run, so a missing
+/// `content-length` does not mean "no body": only `content-length: 0`, a bodiless status, or a
+/// method that carries no body does. Anything else waits for its end-of-body chunk (or, if it had
+/// no body after all, is ended by its response or the end of the log).
 fn headers_say_no_body(headers: &Headers, response: bool) -> bool {
     let first = |name: &str| headers.get(name).and_then(|v| v.first());
-    if response {
-        if let Some(status) = first(":status") {
-            if matches!(status.as_str(), "204" | "304") || status.starts_with('1') {
-                return true;
-            }
-        }
+    if first("content-length").is_some_and(|len| len.trim() == "0") {
+        return true;
     }
-    if headers.contains_key("transfer-encoding") {
+    if first("content-length").is_some() {
         return false;
     }
-    match first("content-length") {
-        Some(len) => len.trim() == "0",
-        // A request without length headers has no body; a response without them may be
-        // close-delimited, but Envoy adds transfer-encoding or content-length for HTTP/1 clients.
-        None => true,
+    if response {
+        first(":status").is_some_and(|s| matches!(s.as_str(), "204" | "304") || s.starts_with('1'))
+    } else {
+        first(":method")
+            .is_some_and(|m| matches!(m.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS" | "TRACE"))
     }
+}
+
+/// Whether a v1 chunk's bytes may differ from what Envoy saw. The seed logs bodies raw: a runtime
+/// splits them into lines (containerd drops `\r` before `\n`), docker json-file and Istio's JSON
+/// layout replace invalid UTF-8. Text without control bytes survives all of them; a raw Envoy
+/// stderr file in a text layout keeps every byte.
+fn body_may_be_altered(
+    ctx: &FileContext,
+    msg: &LuaMessage<'_>,
+    text: &[u8],
+    dir: Option<&Direction>,
+) -> bool {
+    if msg.altered {
+        return true;
+    }
+    let lossless_file = ctx.format == Some(crate::decode::Format::Raw)
+        && msg.layout != crate::envoy::Layout::IstioJson;
+    if lossless_file {
+        return false;
+    }
+    let multipart = dir
+        .and_then(|d| d.headers.as_ref())
+        .and_then(|h| h.get("content-type"))
+        .and_then(|v| v.first())
+        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("multipart/"));
+    let binary = text
+        .iter()
+        .any(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f)
+        || std::str::from_utf8(text).map_or(true, |t| t.contains('\u{fffd}'));
+    multipart || binary
 }
 
 fn finish(mut p: Pending) -> Exchange {
     let ex = &mut p.exchange;
+    if p.altered_body {
+        ex.warn(
+            "lua-v1 logs raw body bytes and this body looks binary or uses CR LF: the container \
+             runtime or Envoy's JSON log layout may have changed it (containerd drops \\r before \\n; \
+             docker json-file and the JSON layout replace invalid UTF-8), so it may not be byte-exact \
+             (meshtap's lua-v2 filter base64-encodes bodies)",
+        );
+    }
+    let has_headers = |d: &Option<Direction>| d.as_ref().is_some_and(|d| d.headers.is_some());
+    if !has_headers(&ex.request) && !has_headers(&ex.response) {
+        let thread = ex
+            .log
+            .thread
+            .map_or_else(|| "?".to_string(), |t| t.to_string());
+        ex.warn(format!(
+            "lua-v1 body-only: request and response were paired by the order of events on Envoy \
+             thread {thread}; the format names neither stream nor direction, so under concurrent \
+             traffic (or a log that begins mid-exchange) they may belong to different exchanges"
+        ));
+    }
     let ended = |d: &Option<Direction>| d.as_ref().is_some_and(|d| d.ended);
     ex.complete = ended(&ex.request) && ended(&ex.response) && !p.failed;
     if ex.request.is_none() {

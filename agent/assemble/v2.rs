@@ -80,14 +80,13 @@ impl Assembler {
         }
         p.next_seq[d] = event.seq + 1;
         let ex = &mut p.exchange;
-        let dir = match d {
-            0 => ex.request.get_or_insert_with(Direction::default),
-            _ => ex.response.get_or_insert_with(Direction::default),
-        };
         if msg.truncated {
             p.damaged = true;
-            dir.truncate("a log line of this direction was cut before meshtap read it");
+            ex.warn(format!("a {name} log line was cut before meshtap read it"));
+            direction(ex, d)
+                .truncate("a log line of this direction was cut before meshtap read it");
         }
+        let dir = direction(ex, d);
         match event.kind {
             Kind::Start { time_ms, headers } => {
                 p.started[d] = true;
@@ -111,7 +110,9 @@ impl Assembler {
                     Ok(()) => dir.push_body(&self.scratch, self.limits.max_body_bytes),
                     Err(e) => {
                         p.damaged = true;
-                        dir.truncate(format!("a {name} body line was unreadable: {e}"));
+                        let reason = format!("a {name} body line was unreadable: {e}");
+                        dir.truncate(reason.clone());
+                        ex.warn(reason);
                     }
                 }
             }

@@ -42,6 +42,7 @@ struct StreamState {
     offset: u64,
     end: u64,
     truncated: bool,
+    altered: bool,
 }
 
 impl StreamState {
@@ -56,6 +57,7 @@ impl StreamState {
             offset: 0,
             end: 0,
             truncated: false,
+            altered: false,
         }
     }
 }
@@ -115,6 +117,7 @@ impl Joiner {
         st.offset = line.offset;
         st.end = line.end;
         st.truncated = line.truncated;
+        st.altered = header.altered;
         append_capped(st, text, cap, &mut self.stats);
         if header.complete {
             Self::flush_stream(st, &mut self.stats, out);
@@ -179,6 +182,7 @@ impl Joiner {
                 offset: st.offset,
                 end: st.end,
                 truncated: st.truncated,
+                altered: st.altered,
             });
         }
         st.pending = Pending::None;

@@ -53,6 +53,8 @@ pub struct Header<'a> {
     pub msg: Cow<'a, [u8]>,
     /// True for layouts whose message is complete on this line.
     pub complete: bool,
+    /// The message's bytes were changed while reading it (invalid UTF-8 in a JSON line replaced).
+    pub altered: bool,
 }
 
 /// Recognises a message's first line; `None` means the line continues the previous message (or is
@@ -105,6 +107,7 @@ fn parse_envoy(mut line: &[u8]) -> Option<Header<'_>> {
         thread: parse_u64(thread),
         msg: Cow::Borrowed(msg),
         complete: false,
+        altered: false,
     })
 }
 
@@ -135,6 +138,7 @@ fn parse_istio_text(line: &[u8]) -> Option<Header<'_>> {
         thread,
         msg: Cow::Borrowed(msg),
         complete: thread.is_some(),
+        altered: false,
     })
 }
 
@@ -176,6 +180,7 @@ fn parse_json(line: &[u8]) -> Option<Header<'_>> {
             thread: None,
             msg: Cow::Borrowed(b""),
             complete: true,
+            altered: false,
         });
     }
     let parsed: JsonLine<'_> = match serde_json::from_slice(line) {
@@ -193,6 +198,7 @@ fn parse_json(line: &[u8]) -> Option<Header<'_>> {
                 thread: parsed.thread,
                 msg: Cow::Owned(parsed.msg.into_owned().into_bytes()),
                 complete: true,
+                altered: true,
             });
         }
     };
@@ -211,6 +217,7 @@ fn parse_json(line: &[u8]) -> Option<Header<'_>> {
             Cow::Owned(m) => Cow::Owned(m.into_bytes()),
         },
         complete: true,
+        altered: false,
     })
 }
 

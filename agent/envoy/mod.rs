@@ -25,4 +25,7 @@ pub struct LuaMessage<'a> {
     pub end: u64,
     /// The message was cut: a line or the whole message exceeded a cap, or a partial line never ended.
     pub truncated: bool,
+    /// The message's bytes were changed on the way (Istio's JSON layout writes invalid UTF-8 raw,
+    /// which is read with replacement characters).
+    pub altered: bool,
 }

@@ -77,6 +77,7 @@ mod tests {
             offset: 0,
             end: 0,
             truncated: false,
+            altered: false,
         }
     }
 
