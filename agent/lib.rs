@@ -15,6 +15,7 @@
 //! [`pipeline`] wires the stages together for one file; [`k8s`] derives pod identity from log paths.
 
 pub mod assemble;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod decode;

@@ -13,7 +13,7 @@ use crate::assemble::{AssembleStats, Assembler, FileContext, Limits};
 use crate::decode::{DecodeStats, Decoder, Format};
 use crate::envoy::{EnvoyStats, Joiner};
 use crate::k8s::meta_from_log_path;
-use crate::read::LineReader;
+use crate::read::{LineReader, PhysicalLine};
 use crate::record::Exchange;
 
 /// How files are read.
@@ -64,6 +64,165 @@ impl Summary {
     }
 }
 
+/// One container log stream flowing through the stages: the files of one container and restart
+/// count, read in order. Used by `meshtap parse` for whole files and by the agent for tailing; its
+/// state can be saved and restored ([`LogStream::snapshot`]) so the agent's checkpoint carries
+/// whatever spans the checkpointed position.
+pub struct LogStream {
+    decoder: Decoder,
+    joiner: Joiner,
+    assembler: Assembler,
+    ctx: FileContext,
+    /// The current file's fingerprint is taken from its first line (the tailer gives it instead).
+    fingerprint_pending: bool,
+    /// Stats of the decoders of files already finished (each file has its own decoder).
+    decode_done: DecodeStats,
+    settings: Settings,
+}
+
+#[derive(Serialize)]
+struct StateRef<'a> {
+    decoder: &'a Decoder,
+    joiner: &'a Joiner,
+    assembler: &'a Assembler,
+    ctx: &'a FileContext,
+    fingerprint_pending: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct StateOwned {
+    decoder: Decoder,
+    joiner: Joiner,
+    assembler: Assembler,
+    ctx: FileContext,
+    fingerprint_pending: bool,
+}
+
+/// A [`LogStream`]'s saved state (JSON), as kept in the agent's checkpoint.
+pub type LogStreamState = serde_json::Value;
+
+impl LogStream {
+    pub fn new(settings: &Settings, k8s: Option<crate::record::K8sMeta>) -> Self {
+        LogStream {
+            decoder: Decoder::new(settings.format, settings.max_line_bytes),
+            joiner: Joiner::new(settings.max_message_bytes),
+            assembler: Assembler::new(settings.limits),
+            ctx: FileContext {
+                k8s,
+                ..FileContext::default()
+            },
+            fingerprint_pending: true,
+            decode_done: DecodeStats::default(),
+            settings: *settings,
+        }
+    }
+
+    /// The state to save in a checkpoint.
+    pub fn snapshot(&self) -> LogStreamState {
+        serde_json::to_value(StateRef {
+            decoder: &self.decoder,
+            joiner: &self.joiner,
+            assembler: &self.assembler,
+            ctx: &self.ctx,
+            fingerprint_pending: self.fingerprint_pending,
+        })
+        .expect("pipeline state serializes")
+    }
+
+    /// A stream continuing from a saved state.
+    pub fn restore(settings: &Settings, state: LogStreamState) -> Result<Self, serde_json::Error> {
+        let s: StateOwned = serde_json::from_value(state)?;
+        let mut assembler = s.assembler;
+        assembler.set_limits(settings.limits);
+        Ok(LogStream {
+            decoder: s.decoder,
+            joiner: s.joiner,
+            assembler,
+            ctx: s.ctx,
+            fingerprint_pending: s.fingerprint_pending,
+            decode_done: DecodeStats::default(),
+            settings: *settings,
+        })
+    }
+
+    /// The next lines come from `path`. `fingerprint`: the file's identity if known (else taken
+    /// from its first line). Partial lines of the previous file end here, flagged.
+    pub fn start_file(
+        &mut self,
+        path: &Path,
+        fingerprint: Option<u64>,
+        out: &mut dyn FnMut(Exchange),
+    ) {
+        let (decoder, joiner, assembler, ctx) = (
+            &mut self.decoder,
+            &mut self.joiner,
+            &mut self.assembler,
+            &self.ctx,
+        );
+        decoder.finish(&mut |line| joiner.push(&line, &mut |msg| assembler.push(ctx, msg, out)));
+        add_decode(&mut self.decode_done, self.decoder.stats());
+        self.decoder = Decoder::new(self.settings.format, self.settings.max_line_bytes);
+        self.ctx.file = path.display().to_string();
+        if self.ctx.k8s.is_none() {
+            self.ctx.k8s = meta_from_log_path(path);
+        }
+        self.ctx.format = None;
+        self.fingerprint_pending = fingerprint.is_none();
+        self.ctx.fingerprint = fingerprint.unwrap_or_default();
+    }
+
+    /// Feeds one physical line of the current file.
+    pub fn push_line(&mut self, line: &PhysicalLine<'_>, out: &mut dyn FnMut(Exchange)) {
+        if self.fingerprint_pending {
+            // Only the first line of a file names it: see FileContext::fingerprint.
+            self.fingerprint_pending = false;
+            self.ctx.fingerprint = crate::read::fingerprint(line.bytes);
+        }
+        let (joiner, assembler, ctx) = (&mut self.joiner, &mut self.assembler, &self.ctx);
+        self.decoder.push(line, &mut |line| {
+            joiner.push(&line, &mut |msg| assembler.push(ctx, msg, out))
+        });
+        self.ctx.format = self.decoder.format();
+    }
+
+    /// Ends the Envoy messages still being joined: while tailing, a quiet log means the last
+    /// message is whole (Envoy writes a message in one write).
+    pub fn flush_messages(&mut self, out: &mut dyn FnMut(Exchange)) {
+        let (assembler, ctx) = (&mut self.assembler, &self.ctx);
+        self.joiner.flush(&mut |msg| assembler.push(ctx, msg, out));
+    }
+
+    /// Sets the wall-clock time (ms) used to stamp and expire pending exchanges.
+    pub fn set_now(&mut self, now_ms: i64) {
+        self.assembler.set_now(now_ms);
+    }
+
+    /// Emits exchanges open for longer than `max_age_ms`, incomplete.
+    pub fn expire(&mut self, max_age_ms: i64, out: &mut dyn FnMut(Exchange)) {
+        self.assembler.expire(max_age_ms, out);
+    }
+
+    /// End of the stream: everything pending is emitted, incomplete exchanges marked so.
+    pub fn finish(&mut self, out: &mut dyn FnMut(Exchange)) {
+        let (decoder, joiner, assembler, ctx) = (
+            &mut self.decoder,
+            &mut self.joiner,
+            &mut self.assembler,
+            &self.ctx,
+        );
+        decoder.finish(&mut |line| joiner.push(&line, &mut |msg| assembler.push(ctx, msg, out)));
+        self.joiner.flush(&mut |msg| assembler.push(ctx, msg, out));
+        self.assembler.finish(out);
+    }
+
+    /// Counts so far: (container lines decoded, Envoy stage, assembly).
+    pub fn stats(&self) -> (DecodeStats, &EnvoyStats, &AssembleStats) {
+        let mut decode = self.decode_done.clone();
+        add_decode(&mut decode, self.decoder.stats());
+        (decode, self.joiner.stats(), self.assembler.stats())
+    }
+}
+
 /// Parses `paths` to the end, passing each exchange to `out`.
 pub fn parse_files(
     paths: &[PathBuf],
@@ -72,30 +231,19 @@ pub fn parse_files(
 ) -> Summary {
     let mut summary = Summary::default();
     for group in group_by_container_log(paths) {
-        let mut joiner = Joiner::new(settings.max_message_bytes);
-        let mut assembler = Assembler::new(settings.limits);
-        let mut ctx = FileContext::default();
+        let mut stream = LogStream::new(settings, None);
         for path in group {
             summary.files += 1;
-            ctx.file = path.display().to_string();
-            ctx.k8s = meta_from_log_path(&path);
-            if let Err(e) = parse_file(
-                &path,
-                settings,
-                &mut ctx,
-                &mut joiner,
-                &mut assembler,
-                &mut summary,
-                out,
-            ) {
+            if let Err(e) = parse_file(&path, settings, &mut stream, &mut summary, out) {
                 tracing::error!(path = %path.display(), error = %e, "Could not read log file.");
                 summary.errors.push(e.to_string());
             }
         }
-        joiner.flush(&mut |msg| assembler.push(&ctx, msg, out));
-        assembler.finish(out);
-        add_envoy(&mut summary.envoy, joiner.stats());
-        add_assemble(&mut summary.assemble, assembler.stats());
+        stream.finish(out);
+        let (decode, envoy, assemble) = stream.stats();
+        add_decode(&mut summary.decode, &decode);
+        add_envoy(&mut summary.envoy, envoy);
+        add_assemble(&mut summary.assemble, assemble);
     }
     summary
 }
@@ -103,44 +251,17 @@ pub fn parse_files(
 fn parse_file(
     path: &Path,
     settings: &Settings,
-    ctx: &mut FileContext,
-    joiner: &mut Joiner,
-    assembler: &mut Assembler,
+    stream: &mut LogStream,
     summary: &mut Summary,
     out: &mut dyn FnMut(Exchange),
 ) -> Result<(), crate::read::ReadError> {
     let mut reader = LineReader::open(path, settings.max_line_bytes)?;
-    let mut decoder = Decoder::new(settings.format, settings.max_line_bytes);
-    let mut first = true;
-    let mut result = Ok(());
-    loop {
-        match reader.next_line() {
-            Ok(Some(line)) => {
-                if first {
-                    // Only the first line of a file names it: see FileContext::fingerprint.
-                    first = false;
-                    ctx_fingerprint(ctx, line.bytes);
-                }
-                summary.lines += 1;
-                decoder.push(&line, &mut |line| {
-                    joiner.push(&line, &mut |msg| assembler.push(ctx, msg, out))
-                });
-                ctx.format = decoder.format();
-            }
-            Ok(None) => break,
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
+    stream.start_file(path, None, out);
+    while let Some(line) = reader.next_line()? {
+        summary.lines += 1;
+        stream.push_line(&line, out);
     }
-    decoder.finish(&mut |line| joiner.push(&line, &mut |msg| assembler.push(ctx, msg, out)));
-    add_decode(&mut summary.decode, decoder.stats());
-    result
-}
-
-fn ctx_fingerprint(ctx: &mut FileContext, first_line: &[u8]) {
-    ctx.fingerprint = xxhash_rust::xxh3::xxh3_64(&first_line[..first_line.len().min(1024)]);
+    Ok(())
 }
 
 /// Groups kubelet log files (`<restart>.log[.<timestamp>][.gz]`) of one container and restart
@@ -224,6 +345,132 @@ fn add_assemble(sum: &mut AssembleStats, s: &AssembleStats) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+
+    /// A CRI log mixing v2 and v1 exchanges on two threads, with multi-line v1 chunks and v2
+    /// lines split into P/F pieces, so every kind of state spans some line boundary.
+    fn mixed_log() -> Vec<u8> {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let mut lines: Vec<String> = Vec::new();
+        let mut lua = |thread: u32, msg: &str| {
+            let mut first = true;
+            for part in msg.split('\n') {
+                let text = if first {
+                    format!("[2026-11-25 08:47:45.772][{thread}][warning][lua] [lua.cc:31] script log: {part}")
+                } else {
+                    part.to_string()
+                };
+                first = false;
+                // Split long lines into 40-byte P pieces, as a runtime does at 16 KiB.
+                let bytes = text.as_bytes();
+                let mut i = 0;
+                while bytes.len() - i > 40 {
+                    lines.push(format!(
+                        "2026-11-25T08:47:45.000000001Z stderr P {}",
+                        &text[i..i + 40]
+                    ));
+                    i += 40;
+                }
+                lines.push(format!(
+                    "2026-11-25T08:47:45.000000001Z stderr F {}",
+                    &text[i..]
+                ));
+            }
+        };
+        for n in 0..6 {
+            let sid = format!("a.{n}");
+            let headers = b64(format!(":method\nPOST\n:path\n/p/{n}\n").as_bytes());
+            lua(
+                7,
+                &format!("[logPayload] v2 rq {sid} 0 1795596685480 {headers}"),
+            );
+            lua(8, "[logPayload] started");
+            lua(
+                7,
+                &format!(
+                    "[logPayload] v2 rqb {sid} 1 {}",
+                    b64(format!("body {n} part one").as_bytes())
+                ),
+            );
+            lua(8, "[logPayload] showing bodyChunks");
+            lua(8, &format!("multi-line\nv1 body {n}\n"));
+            lua(
+                7,
+                &format!("[logPayload] v2 rqe {sid} 2 1795596685481 17 0"),
+            );
+            lua(8, "[logPayload] showing bodyChunks");
+            lua(8, "[logPayload] finished");
+            lua(
+                7,
+                &format!(
+                    "[logPayload] v2 rs {sid} 0 1795596685482 {}",
+                    b64(b":status\n200\n")
+                ),
+            );
+            lua(8, "[logPayload] started");
+            lua(8, "[logPayload] showing bodyChunks");
+            lua(8, &format!("v1 response {n}"));
+            lua(
+                7,
+                &format!(
+                    "[logPayload] v2 rsb {sid} 1 {}",
+                    b64(format!("reply {n}").as_bytes())
+                ),
+            );
+            lua(8, "[logPayload] showing bodyChunks");
+            lua(7, &format!("[logPayload] v2 rse {sid} 2 1795596685483 7 0"));
+            lua(8, "[logPayload] finished");
+        }
+        let mut out = lines.join("\n").into_bytes();
+        out.push(b'\n');
+        out
+    }
+
+    fn run(stream: &mut LogStream, data: &[u8], from: usize, to: usize, got: &mut Vec<String>) {
+        let mut reader = LineReader::from_reader(
+            Box::new(std::io::Cursor::new(data[from..to].to_vec())),
+            1 << 20,
+        );
+        let mut out = |ex: Exchange| got.push(serde_json::to_string(&ex).unwrap());
+        while let Some(mut line) = reader.next_line().unwrap() {
+            line.offset += from as u64;
+            line.end += from as u64;
+            stream.push_line(&line, &mut out);
+        }
+    }
+
+    #[test]
+    fn snapshot_and_restore_at_any_line_neither_lose_nor_repeat() {
+        let data = mixed_log();
+        let settings = Settings::default();
+        let path = Path::new("/l/ns_pod_uid/istio-proxy/0.log");
+        let mut whole = Vec::new();
+        let mut stream = LogStream::new(&settings, None);
+        stream.start_file(path, None, &mut |_| {});
+        run(&mut stream, &data, 0, data.len(), &mut whole);
+        stream.finish(&mut |ex| whole.push(serde_json::to_string(&ex).unwrap()));
+        assert_eq!(whole.len(), 12, "6 v2 + 6 v1 exchanges");
+        whole.sort();
+
+        let cuts: Vec<usize> = (0..data.len())
+            .filter(|&i| i == 0 || data[i - 1] == b'\n')
+            .collect();
+        for &cut in &cuts {
+            let mut got = Vec::new();
+            let mut first = LogStream::new(&settings, None);
+            first.start_file(path, None, &mut |_| {});
+            run(&mut first, &data, 0, cut, &mut got);
+            // Through JSON text, as the checkpoint file stores it.
+            let saved = serde_json::to_string(&first.snapshot()).unwrap();
+            drop(first);
+            let state = serde_json::from_str(&saved).unwrap();
+            let mut second = LogStream::restore(&settings, state).unwrap();
+            run(&mut second, &data, cut, data.len(), &mut got);
+            second.finish(&mut |ex| got.push(serde_json::to_string(&ex).unwrap()));
+            got.sort();
+            assert_eq!(got, whole, "cut at byte {cut}");
+        }
+    }
 
     #[test]
     fn rotated_files_group_oldest_first() {

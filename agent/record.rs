@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Where a record came from: which reader produced it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Source {
     /// The seed article's Lua filter (`[logPayload] started` / chunks / `finished`).
     #[serde(rename = "lua-v1")]
@@ -20,7 +20,7 @@ pub enum Source {
 }
 
 /// Kubernetes identity of the container whose log held the exchange.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct K8sMeta {
     pub namespace: String,
     pub pod: String,
@@ -29,7 +29,7 @@ pub struct K8sMeta {
 }
 
 /// Where in the log the exchange was read: enough to find it again with `less +<offset>`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogPosition {
     /// The file the exchange's first event was read from.
     pub file: String,
@@ -47,7 +47,7 @@ pub struct LogPosition {
 pub type Headers = BTreeMap<String, Vec<String>>;
 
 /// One direction (request or response) of an exchange.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Direction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
@@ -63,7 +63,11 @@ pub struct Direction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trailers: Option<Headers>,
     /// The body bytes that were logged; serialized as `body` + `body_encoding`.
-    #[serde(flatten, serialize_with = "serialize_body")]
+    #[serde(
+        flatten,
+        serialize_with = "serialize_body",
+        deserialize_with = "deserialize_body"
+    )]
     pub body: Vec<u8>,
     /// Bytes of body seen by the filter (can exceed `body.len()` when truncated).
     pub body_size: u64,
@@ -78,8 +82,7 @@ pub struct Direction {
     /// When this direction's end was logged (RFC 3339), if known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_time: Option<String>,
-    /// Whether the end of this direction was seen.
-    #[serde(skip)]
+    /// Whether the end of this direction was logged.
     pub ended: bool,
 }
 
@@ -117,7 +120,7 @@ impl Direction {
 }
 
 /// One HTTP exchange: a request and its response, as complete as the log allowed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exchange {
     /// Deterministic id derived from the log position (file fingerprint + offset of first event).
     pub id: String,
@@ -159,6 +162,25 @@ fn serialize_body<S: Serializer>(body: &[u8], serializer: S) -> Result<S::Ok, S:
         }
     }
     map.end()
+}
+
+/// Reads back what [`serialize_body`] wrote (the agent's checkpoints hold pending exchanges).
+fn deserialize_body<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    #[derive(Deserialize)]
+    struct Body {
+        body: String,
+        body_encoding: String,
+    }
+    let b = Body::deserialize(deserializer)?;
+    match b.body_encoding.as_str() {
+        "utf8" => Ok(b.body.into_bytes()),
+        "base64" => base64::engine::general_purpose::STANDARD
+            .decode(b.body)
+            .map_err(serde::de::Error::custom),
+        other => Err(serde::de::Error::custom(format!(
+            "unknown body_encoding {other:?}"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +274,33 @@ mod tests {
             "docs/record.md sample and the emitted record differ"
         );
         assert_eq!(sample["source"], "lua-v2");
+    }
+
+    #[test]
+    fn records_read_back_identically() {
+        let ex = Exchange {
+            id: "i".into(),
+            source: Source::LuaV1,
+            time: "t".into(),
+            k8s: None,
+            log: LogPosition::default(),
+            request: Some(Direction {
+                body: vec![0, 0xff, b'x'],
+                headers: Some(Headers::from([("a".to_string(), vec!["1".to_string()])])),
+                ended: true,
+                ..Default::default()
+            }),
+            response: Some(Direction {
+                body: "héllo".as_bytes().to_vec(),
+                status: Some(200),
+                ..Default::default()
+            }),
+            complete: false,
+            warnings: vec!["w".into()],
+        };
+        let text = serde_json::to_string(&ex).unwrap();
+        let back: Exchange = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, ex);
     }
 
     #[test]

@@ -8,14 +8,14 @@
 pub mod v1;
 pub mod v2;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::envoy::LuaMessage;
 use crate::marker::{self, Marker};
 use crate::record::{Exchange, K8sMeta, LogPosition, Source};
 
 /// Caps on what the assemblers hold in memory.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Limits {
     /// Body bytes kept per direction; the rest is counted in `body_size` and flagged.
     pub max_body_bytes: usize,
@@ -35,7 +35,7 @@ impl Default for Limits {
 }
 
 /// Identity of the file being read, stamped on the exchanges that start in it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FileContext {
     pub file: String,
     /// Checksum of the file's first line: stable across rename and gzip, unlike the path.
@@ -59,6 +59,8 @@ pub struct AssembleStats {
     pub script_errors: u64,
     /// Exchanges emitted early because `max_pending` was reached.
     pub evicted: u64,
+    /// Exchanges emitted early because they had not ended within the expiry time.
+    pub expired: u64,
 }
 
 /// Deterministic exchange id: the file's fingerprint and the offset of the exchange's first event.
@@ -107,9 +109,11 @@ pub fn rfc3339_from_ms(ms: i64) -> String {
 }
 
 /// Both assemblers behind one entry point: a file may hold both formats during a migration.
+#[derive(Serialize, Deserialize)]
 pub struct Assembler {
     v1: v1::Assembler,
     v2: v2::Assembler,
+    #[serde(skip)]
     stats: AssembleStats,
 }
 
@@ -143,6 +147,30 @@ impl Assembler {
         self.stats.unattributed_v1 = self.v1.unattributed;
         self.stats.script_errors = self.v1.script_errors;
         self.stats.evicted = self.v1.evicted + self.v2.evicted;
+    }
+
+    /// Applies (possibly changed) limits to a restored assembler.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.v1.limits = limits;
+        self.v2.limits = limits;
+    }
+
+    /// Sets the wall-clock time (ms) that stamps exchanges opened from now on.
+    pub fn set_now(&mut self, now_ms: i64) {
+        self.v1.now_ms = now_ms;
+        self.v2.now_ms = now_ms;
+    }
+
+    /// Emits, incomplete and with a warning, exchanges open for longer than `max_age_ms`.
+    pub fn expire(&mut self, max_age_ms: i64, out: &mut dyn FnMut(Exchange)) {
+        let stats = &mut self.stats;
+        let mut emit = |ex: Exchange| {
+            count(stats, &ex);
+            out(ex)
+        };
+        self.v1.expire(max_age_ms, &mut emit);
+        self.v2.expire(max_age_ms, &mut emit);
+        self.stats.expired = self.v1.expired + self.v2.expired;
     }
 
     /// End of input: every pending exchange is emitted, marked incomplete.

@@ -19,13 +19,15 @@ use super::{new_exchange, rfc3339_from_log_time, FileContext, Limits};
 use crate::envoy::LuaMessage;
 use crate::marker::v1::{parse_headers, Event};
 use crate::record::{Direction, Exchange, Headers, Source};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct DirRef {
     key: u64,
     response: bool,
 }
 
+#[derive(Serialize, Deserialize)]
 struct StartInfo {
     /// The exchange this `started` opens, if it turns out to be a request (or an orphan response).
     exchange: Exchange,
@@ -35,7 +37,7 @@ struct StartInfo {
     response_hint: bool,
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct ThreadState {
     /// Directions started and not yet ended, oldest first.
     open: Vec<DirRef>,
@@ -49,22 +51,37 @@ struct ThreadState {
     meta_found: bool,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Pending {
     exchange: Exchange,
+    /// Wall-clock time (ms) the exchange was opened, for expiry.
+    opened_ms: i64,
     uncertain: bool,
     failed: bool,
     /// A body's raw bytes may have been changed by the runtime or the JSON layout.
     altered_body: bool,
 }
 
+/// The v1 assembler's whole state is serializable: the agent's checkpoint holds it, so an
+/// exchange that spans a checkpoint is neither lost nor emitted twice after a restart.
+#[derive(Serialize, Deserialize)]
 pub struct Assembler {
-    limits: Limits,
+    pub(super) limits: Limits,
+    #[serde(with = "crate::checkpoint::encoding::map_as_pairs")]
     threads: HashMap<Option<u64>, ThreadState>,
     exchanges: BTreeMap<u64, Pending>,
     next_key: u64,
+    /// Wall-clock now (ms), set by the caller; stamps new exchanges for expiry.
+    #[serde(skip)]
+    pub now_ms: i64,
+    #[serde(skip)]
     pub unattributed: u64,
+    #[serde(skip)]
     pub script_errors: u64,
+    #[serde(skip)]
     pub evicted: u64,
+    #[serde(skip)]
+    pub expired: u64,
 }
 
 impl Assembler {
@@ -74,6 +91,8 @@ impl Assembler {
             threads: HashMap::new(),
             exchanges: BTreeMap::new(),
             next_key: 0,
+            now_ms: 0,
+            expired: 0,
             unattributed: 0,
             script_errors: 0,
             evicted: 0,
@@ -287,6 +306,7 @@ impl Assembler {
             key,
             Pending {
                 exchange,
+                opened_ms: self.now_ms,
                 uncertain: false,
                 failed: false,
                 altered_body: false,
@@ -347,21 +367,49 @@ impl Assembler {
     }
 
     fn evict_oldest(&mut self, out: &mut dyn FnMut(Exchange)) {
-        if let Some((key, mut p)) = self.exchanges.pop_first() {
-            for st in self.threads.values_mut() {
-                st.open.retain(|d| d.key != key);
-                st.awaiting.retain(|k| *k != key);
-                if st.showing.is_some_and(|d| d.key == key) {
-                    st.showing = None;
-                }
-            }
-            p.exchange.warn(format!(
+        if let Some(&key) = self.exchanges.keys().next() {
+            let warning = format!(
                 "emitted before its end: more than {} exchanges were pending",
                 self.limits.max_pending
-            ));
+            );
+            self.emit_early(key, warning, out);
             self.evicted += 1;
-            out(finish(p));
         }
+    }
+
+    /// Emits, incomplete, every exchange opened more than `max_age_ms` before `now_ms`.
+    pub fn expire(&mut self, max_age_ms: i64, out: &mut dyn FnMut(Exchange)) {
+        let deadline = self.now_ms - max_age_ms;
+        let old: Vec<u64> = self
+            .exchanges
+            .iter()
+            .filter(|(_, p)| p.opened_ms < deadline)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in old {
+            let warning = format!(
+                "expired: the exchange had not ended {}s after it started",
+                max_age_ms / 1000
+            );
+            self.emit_early(key, warning, out);
+            self.expired += 1;
+        }
+    }
+
+    /// Emits a pending exchange before its end, forgetting every reference to it.
+    fn emit_early(&mut self, key: u64, warning: String, out: &mut dyn FnMut(Exchange)) {
+        let Some(mut p) = self.exchanges.remove(&key) else {
+            return;
+        };
+        for st in self.threads.values_mut() {
+            st.open.retain(|d| d.key != key);
+            st.awaiting.retain(|k| *k != key);
+            if st.showing.is_some_and(|d| d.key == key) {
+                st.showing = None;
+            }
+        }
+        p.exchange.warn(warning);
+        out(finish(p));
     }
 
     /// End of input: resolve what is pending, then emit every exchange left, oldest first.

@@ -6,9 +6,13 @@ use super::{new_exchange, rfc3339_from_ms, FileContext, Limits};
 use crate::envoy::LuaMessage;
 use crate::marker::v2::{decode_body, decode_headers, Dir, Event, Kind};
 use crate::record::{Direction, Exchange, Headers, Source};
+use serde::{Deserialize, Serialize};
 
+#[derive(Serialize, Deserialize)]
 struct Pending {
     exchange: Exchange,
+    /// Wall-clock time (ms) the exchange was opened, for expiry.
+    opened_ms: i64,
     /// Next expected sequence number per direction (request, response).
     next_seq: [u64; 2],
     started: [bool; 2],
@@ -16,11 +20,20 @@ struct Pending {
     damaged: bool,
 }
 
+/// Serializable, so the agent's checkpoint can hold exchanges that span it.
+#[derive(Serialize, Deserialize)]
 pub struct Assembler {
-    limits: Limits,
+    pub(super) limits: Limits,
     pending: HashMap<String, Pending>,
+    #[serde(skip)]
     scratch: Vec<u8>,
+    /// Wall-clock now (ms), set by the caller; stamps new exchanges for expiry.
+    #[serde(skip)]
+    pub now_ms: i64,
+    #[serde(skip)]
     pub evicted: u64,
+    #[serde(skip)]
+    pub expired: u64,
 }
 
 impl Assembler {
@@ -29,7 +42,9 @@ impl Assembler {
             limits,
             pending: HashMap::new(),
             scratch: Vec::new(),
+            now_ms: 0,
             evicted: 0,
+            expired: 0,
         }
     }
 
@@ -63,6 +78,7 @@ impl Assembler {
                 event.sid.to_string(),
                 Pending {
                     exchange,
+                    opened_ms: self.now_ms,
                     next_seq: [0, 0],
                     started: [false, false],
                     damaged: false,
@@ -172,6 +188,26 @@ impl Assembler {
                 self.limits.max_pending
             ));
             self.evicted += 1;
+            out(finish(p));
+        }
+    }
+
+    /// Emits, incomplete, every exchange opened more than `max_age_ms` before `now_ms`.
+    pub fn expire(&mut self, max_age_ms: i64, out: &mut dyn FnMut(Exchange)) {
+        let deadline = self.now_ms - max_age_ms;
+        let old: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.opened_ms < deadline)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in old {
+            let mut p = self.pending.remove(&key).expect("present");
+            p.exchange.warn(format!(
+                "expired: the exchange had not ended {}s after it started",
+                max_age_ms / 1000
+            ));
+            self.expired += 1;
             out(finish(p));
         }
     }

@@ -20,7 +20,7 @@ mod raw;
 use crate::read::PhysicalLine;
 
 /// Which of the container's output streams a line was written to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     Stdout,
@@ -28,7 +28,8 @@ pub enum Stream {
 }
 
 /// How the runtime framed the lines of a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// containerd / CRI-O: `<RFC3339Nano time> <stdout|stderr> <P|F> <content>`.
     Cri,
@@ -77,14 +78,18 @@ pub struct DecodeStats {
     pub blank_skipped: u64,
 }
 
-/// Turns [`PhysicalLine`]s of one file into [`ContainerLine`]s.
+/// Turns [`PhysicalLine`]s of one file into [`ContainerLine`]s. Serializable so the agent's
+/// checkpoint can hold a partial line that spans the checkpointed position.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Decoder {
     format: Option<Format>,
     max_line_bytes: usize,
     /// Unfinished joined lines, indexed by [`stream_index`].
     pending: [Pending; 2],
     /// Decoded Docker `log` text of the current physical line.
+    #[serde(skip)]
     scratch: Vec<u8>,
+    #[serde(skip)]
     stats: DecodeStats,
 }
 
@@ -301,11 +306,12 @@ fn deliver(
 
 /// A line being joined from pieces. Its buffers keep their capacity across lines (the text is
 /// never longer than max_line_bytes), which is what keeps joining allocation-free in steady state.
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Pending {
     active: bool,
     has_time: bool,
     time: String,
+    #[serde(with = "crate::checkpoint::encoding::base64_bytes")]
     text: Vec<u8>,
     offset: u64,
     end: u64,

@@ -2,7 +2,7 @@
 //! only the first carries the layout's prefix, so a line without a prefix continues the message
 //! before it on the SAME container stream (pilot-agent writes to stdout between Envoy's stderr lines).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::layout::{parse_header, split_thread_suffix, Layout, Level};
 use super::LuaMessage;
@@ -23,7 +23,7 @@ pub struct EnvoyStats {
     pub truncated_messages: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Pending {
     None,
     /// A message from another logger, whose continuation lines are skipped with it.
@@ -32,12 +32,14 @@ enum Pending {
 }
 
 /// The message being joined on one container stream.
+#[derive(Serialize, Deserialize)]
 struct StreamState {
     pending: Pending,
     layout: Layout,
     level: Level,
     thread: Option<u64>,
     time: String,
+    #[serde(with = "crate::checkpoint::encoding::base64_bytes")]
     text: Vec<u8>,
     offset: u64,
     end: u64,
@@ -63,9 +65,11 @@ impl StreamState {
 }
 
 /// Joins container lines into Lua messages, one pending message per stream.
+#[derive(Serialize, Deserialize)]
 pub struct Joiner {
     streams: [StreamState; 2],
     max_message_bytes: usize,
+    #[serde(skip)]
     stats: EnvoyStats,
 }
 

@@ -14,7 +14,7 @@ use memchr::memchr;
 use serde::Deserialize;
 
 /// The Envoy log layout a line was written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Layout {
     Envoy,
     IstioText,
@@ -22,7 +22,7 @@ pub enum Layout {
 }
 
 /// Log level of an Envoy message, as far as meshtap cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Level {
     Warning,
     Error,

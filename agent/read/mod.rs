@@ -301,6 +301,13 @@ impl LineReader {
     }
 }
 
+/// Identity of a log file's content: a checksum of its first line (at most 1 KiB of it). Stable
+/// when kubelet renames or gzips the file, unlike its path or inode; two files share it only if
+/// they start with the same line, and container log lines start with a nanosecond timestamp.
+pub fn fingerprint(first_line: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&first_line[..first_line.len().min(1024)])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
