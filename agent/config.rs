@@ -2,7 +2,7 @@
 //! file is one clear message and a non-zero exit. Every field has a default (see
 //! `config/meshtap.yaml`, which a test keeps equal to these defaults).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -28,6 +28,45 @@ pub struct Config {
     pub logs: LogsConfig,
     /// How exchanges are reassembled.
     pub assembly: AssemblyConfig,
+    /// `meshtap run`: what the node agent tails, where it keeps its state, how it paces itself.
+    pub agent: AgentConfig,
+    /// `meshtap run`: where exchanges are delivered.
+    pub sink: crate::sink::SinkConfig,
+    /// `meshtap run`: the metrics and health endpoint.
+    pub ops: crate::ops::OpsConfig,
+    /// `meshtap run`: the agent's own diagnostic log (on stderr).
+    pub log: LogConfig,
+}
+
+/// How the agent's own log (stderr) is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level filter (`error`, `warn`, `info`, `debug`, or a tracing directive such as
+    /// `meshtap::run=debug`); the `MESHTAP_LOG` environment variable overrides it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            // The agent says what it tails and when it checkpoints; debug is for troubleshooting.
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -81,6 +120,13 @@ pub struct AssemblyConfig {
     pub max_body_bytes: usize,
     /// Exchanges awaiting their end per log file.
     pub max_pending: usize,
+    /// Seconds after which an exchange that has not ended is emitted, marked incomplete.
+    pub expire_after_seconds: u64,
+}
+
+/// Long enough for slow uploads and long polls; short enough that a lost end line shows up soon.
+const fn default_expire_after_seconds() -> u64 {
+    300
 }
 
 impl Default for AssemblyConfig {
@@ -89,6 +135,65 @@ impl Default for AssemblyConfig {
         AssemblyConfig {
             max_body_bytes: s.limits.max_body_bytes,
             max_pending: s.limits.max_pending,
+            expire_after_seconds: default_expire_after_seconds(),
+        }
+    }
+}
+
+/// Where a stream without a checkpoint starts reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// The oldest log file present: what the sidecar logged before the agent started is captured.
+    #[default]
+    Beginning,
+    /// The end of the live file: only what is logged from now on.
+    End,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Kubelet's pod log directory, mounted read-only into the DaemonSet.
+    pub log_root: PathBuf,
+    /// Name of the sidecar container whose logs are read.
+    pub container: String,
+    /// Where checkpoints are kept (a hostPath, so they survive pod restarts).
+    pub state_dir: PathBuf,
+    /// Where streams without a checkpoint start.
+    pub start_at: StartAt,
+    /// Milliseconds between directory scans and file polls when inotify is quiet (it can miss
+    /// events on some filesystems and is capped by max_user_watches).
+    pub poll_interval_ms: u64,
+    /// Milliseconds of quiet after which the Envoy message being joined is taken as whole.
+    pub idle_flush_ms: u64,
+    /// Milliseconds between checkpoint writes (each waits for the sink to acknowledge).
+    pub checkpoint_interval_ms: u64,
+    /// Bytes read from one stream before the others get a turn.
+    pub read_budget_bytes: usize,
+    /// Exchanges per batch handed to the sink.
+    pub batch_max_records: usize,
+    /// Batches queued for the sink; when full, reading pauses (bounded memory under a slow sink).
+    pub queue_batches: usize,
+    /// Seconds allowed on SIGTERM to deliver what was read and write the last checkpoint.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            log_root: PathBuf::from("/var/log/pods"),
+            container: "istio-proxy".to_string(),
+            state_dir: PathBuf::from("/var/lib/meshtap"),
+            start_at: StartAt::Beginning,
+            poll_interval_ms: 1000,
+            idle_flush_ms: 200,
+            checkpoint_interval_ms: 1000,
+            read_budget_bytes: 1 << 20,
+            batch_max_records: 512,
+            queue_batches: 8,
+            // Kubernetes' default terminationGracePeriodSeconds is 30.
+            shutdown_grace_seconds: 20,
         }
     }
 }
@@ -121,16 +226,36 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        let a = &self.agent;
         let positive = [
             ("logs.max_line_bytes", self.logs.max_line_bytes),
             ("logs.max_message_bytes", self.logs.max_message_bytes),
             ("assembly.max_body_bytes", self.assembly.max_body_bytes),
             ("assembly.max_pending", self.assembly.max_pending),
+            (
+                "assembly.expire_after_seconds",
+                self.assembly.expire_after_seconds as usize,
+            ),
+            ("agent.poll_interval_ms", a.poll_interval_ms as usize),
+            ("agent.idle_flush_ms", a.idle_flush_ms as usize),
+            (
+                "agent.checkpoint_interval_ms",
+                a.checkpoint_interval_ms as usize,
+            ),
+            ("agent.read_budget_bytes", a.read_budget_bytes),
+            ("agent.batch_max_records", a.batch_max_records),
+            ("agent.queue_batches", a.queue_batches),
         ];
         for (name, value) in positive {
             if value == 0 {
                 return Err(format!("{name} must be greater than 0"));
             }
+        }
+        self.sink.validate()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| format!("log.level {:?} is not a valid filter: {e}", self.log.level))?;
+        if a.container.is_empty() || a.log_root.as_os_str().is_empty() {
+            return Err("agent.container and agent.log_root must not be empty".to_string());
         }
         if self.logs.max_line_bytes < 16 << 10 {
             return Err(format!(
@@ -174,6 +299,46 @@ mod tests {
             defaults.assembly.max_body_bytes
         );
         assert_eq!(shipped.assembly.max_pending, defaults.assembly.max_pending);
+        assert_eq!(
+            shipped.assembly.expire_after_seconds,
+            defaults.assembly.expire_after_seconds
+        );
+        assert_eq!(shipped.log.level, defaults.log.level);
+        assert_eq!(shipped.log.format, defaults.log.format);
+        assert_eq!(shipped.ops.enabled, defaults.ops.enabled);
+        assert_eq!(shipped.ops.listen, defaults.ops.listen);
+        assert_eq!(shipped.sink.name(), defaults.sink.name());
+        let (s, d) = (&shipped.agent, &defaults.agent);
+        assert_eq!(
+            (&s.log_root, &s.container, &s.state_dir, s.start_at),
+            (&d.log_root, &d.container, &d.state_dir, d.start_at)
+        );
+        assert_eq!(
+            (
+                s.poll_interval_ms,
+                s.idle_flush_ms,
+                s.checkpoint_interval_ms
+            ),
+            (
+                d.poll_interval_ms,
+                d.idle_flush_ms,
+                d.checkpoint_interval_ms
+            )
+        );
+        assert_eq!(
+            (
+                s.read_budget_bytes,
+                s.batch_max_records,
+                s.queue_batches,
+                s.shutdown_grace_seconds
+            ),
+            (
+                d.read_budget_bytes,
+                d.batch_max_records,
+                d.queue_batches,
+                d.shutdown_grace_seconds
+            )
+        );
     }
 
     #[test]
@@ -200,6 +365,10 @@ mod tests {
         );
         let e = Config::from_yaml("logs:\n  max_line_bytes: -1\n").unwrap_err();
         assert!(!e.is_empty());
+        let e = Config::from_yaml("log:\n  level: \"[\"\n").unwrap_err();
+        assert!(e.contains("log.level"), "{e}");
+        let e = Config::from_yaml("sink:\n  type: file\n  max_bytes: 10\n").unwrap_err();
+        assert!(e.contains("max_bytes"), "{e}");
         let e = Config::load(Path::new("/nonexistent/meshtap.yaml")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/meshtap.yaml"));
     }

@@ -272,7 +272,7 @@ fn group_by_container_log(paths: &[PathBuf]) -> Vec<Vec<PathBuf>> {
     let mut groups: BTreeMap<(PathBuf, String), Vec<(String, PathBuf)>> = BTreeMap::new();
     for path in paths {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let (key, rotation) = match kubelet_name(name) {
+        let (key, rotation) = match crate::discover::kubelet_name(name) {
             Some((restart, rotation)) => {
                 let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
                 // The live file has no timestamp and sorts after every rotated one.
@@ -297,22 +297,6 @@ fn group_by_container_log(paths: &[PathBuf]) -> Vec<Vec<PathBuf>> {
             files.into_iter().map(|(_, p)| p).collect()
         })
         .collect()
-}
-
-/// `0.log` -> (0, None); `0.log.20240101-101010[.gz]` -> (0, Some("20240101-101010")).
-fn kubelet_name(name: &str) -> Option<(&str, Option<&str>)> {
-    let (restart, rest) = name.split_once(".log")?;
-    if restart.is_empty() || !restart.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    match rest {
-        "" => Some((restart, None)),
-        _ => {
-            let rotation = rest.strip_prefix('.')?;
-            let rotation = rotation.strip_suffix(".gz").unwrap_or(rotation);
-            Some((restart, Some(rotation)))
-        }
-    }
 }
 
 fn add_decode(sum: &mut DecodeStats, s: &DecodeStats) {

@@ -19,6 +19,16 @@ pub enum Source {
     LuaV2,
 }
 
+impl Source {
+    /// The name used in records and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::LuaV1 => "lua-v1",
+            Source::LuaV2 => "lua-v2",
+        }
+    }
+}
+
 /// Kubernetes identity of the container whose log held the exchange.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct K8sMeta {

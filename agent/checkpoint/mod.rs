@@ -17,12 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pipeline::LogStreamState;
 
-/// Position in a stream: the file (by content fingerprint) and the offset of the next byte to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
-    pub fingerprint: u64,
-    pub offset: u64,
-}
+pub use crate::tail::Position;
 
 /// What is saved for one container log stream (one container, one restart count).
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,8 +36,9 @@ pub struct StreamCheckpoint {
 pub struct Checkpoint {
     /// Streams, keyed by `<dir>#<restart>`.
     pub streams: BTreeMap<String, StreamCheckpoint>,
-    /// The file sink's current file and its size once the checkpointed exchanges were written.
-    pub sink_position: Option<(PathBuf, u64)>,
+    /// The file sink's position once the checkpointed exchanges were written (it truncates back
+    /// to it on restart, which makes the file sink exactly-once).
+    pub sink_position: Option<crate::sink::FilePosition>,
 }
 
 /// The checkpoint file's versions; a newer agent reads older files.
@@ -154,8 +150,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state")).unwrap();
         assert!(store.load().unwrap().streams.is_empty());
+        let sink = crate::sink::FilePosition {
+            path: PathBuf::from("/out/x.ndjson"),
+            size: 42,
+            inode: 7,
+        };
         let mut c = Checkpoint {
-            sink_position: Some((PathBuf::from("/out/x.ndjson"), 42)),
+            sink_position: Some(sink.clone()),
             ..Default::default()
         };
         c.streams.insert(
@@ -174,10 +175,7 @@ mod tests {
         let text = fs::read_to_string(store.path()).unwrap();
         assert!(text.starts_with(r#"{"version":"1","#), "{text}");
         let back = store.load().unwrap();
-        assert_eq!(
-            back.sink_position,
-            Some((PathBuf::from("/out/x.ndjson"), 42))
-        );
+        assert_eq!(back.sink_position, Some(sink));
         let s = &back.streams["/l/ns_p_u/istio-proxy#0"];
         assert_eq!(s.position.unwrap().offset, 99);
         assert!(!dir.path().join("state/.checkpoints.json.tmp").exists());

@@ -1,6 +1,7 @@
 //! Command-line interface: `meshtap <command>`. Each command is a file of its own.
 
 pub mod parse;
+pub mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -20,11 +21,29 @@ pub enum Command {
     /// Read istio-proxy container logs (CRI, docker json-file or raw; plain or .gz) and print one
     /// JSON exchange per line. The forensics tool for saved or rotated logs.
     Parse(parse::ParseArgs),
+    /// Run the node agent: tail every istio-proxy container log under the log root, reassemble
+    /// exchanges and deliver them to the configured sink, checkpointing what was delivered.
+    Run(run::RunArgs),
+}
+
+/// Sets up meshtap's own diagnostic log on stderr: `MESHTAP_LOG` overrides `level`.
+pub fn init_logging(level: &str, format: crate::config::LogFormat) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHTAP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        crate::config::LogFormat::Json => builder.json().init(),
+        crate::config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 /// Runs a command; the exit code on success.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Parse(args) => parse::run(args),
+        Command::Run(args) => run::run(args),
     }
 }

@@ -41,6 +41,8 @@ pub struct ParseArgs {
 }
 
 pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
+    // Only problems are worth a line here: the summary says what happened.
+    super::init_logging("warn", crate::config::LogFormat::Text);
     let config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),

@@ -1,0 +1,65 @@
+//! The deliver task: batches from the reader go to the sink in order, retried with backoff until
+//! the sink acknowledges them (nothing is dropped); each acknowledgement goes back to the reader,
+//! which may then write a checkpoint covering that batch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::{Ack, Batch};
+use crate::ops::{Metrics, OpsState};
+use crate::sink::{deliver_with_retry, Backoff, ConfiguredSink, Sink};
+
+/// First retry after 100 ms, doubling up to 30 s: quick recovery from a blip, no hammering of a
+/// backend that is down.
+fn backoff() -> Backoff {
+    Backoff::try_new(Duration::from_millis(100), Duration::from_secs(30)).expect("valid backoff")
+}
+
+pub async fn deliver(
+    mut sink: ConfiguredSink,
+    mut batches: mpsc::Receiver<Batch>,
+    acks: std::sync::mpsc::Sender<Ack>,
+    metrics: Arc<Metrics>,
+    ops: Arc<OpsState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let name = sink.name();
+    metrics.sink_up(name, true);
+    while let Some(batch) = batches.recv().await {
+        let started = Instant::now();
+        let mut backoff = backoff();
+        let result = deliver_with_retry(
+            &mut sink,
+            &batch.exchanges,
+            &mut backoff,
+            &shutdown,
+            |error| {
+                tracing::warn!(sink = name, %error, "Could not deliver a batch; retrying.");
+                metrics.sink_batch(name, false, 0, started.elapsed());
+                metrics.sink_up(name, false);
+                ops.set_not_ready_reason(Some(format!("sink {name} is failing: {error}")));
+            },
+        )
+        .await;
+        if result.is_err() {
+            tracing::warn!(
+                sink = name,
+                records = batch.exchanges.len(),
+                "Stopped retrying at shutdown; the batch will be read again after a restart."
+            );
+            break;
+        }
+        metrics.sink_batch(name, true, batch.exchanges.len() as u64, started.elapsed());
+        metrics.sink_up(name, true);
+        ops.set_not_ready_reason(None);
+        let ack = Ack {
+            seq: batch.seq,
+            sink_position: sink.position(),
+        };
+        if acks.send(ack).is_err() {
+            break;
+        }
+    }
+}

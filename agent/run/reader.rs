@@ -1,0 +1,531 @@
+//! The reader thread: discover -> tail -> pipeline -> batches, and checkpoints.
+//!
+//! File I/O is blocking and cheap when the page cache is warm, so one thread serves every stream
+//! in turn (each gets `read_budget_bytes` per round), like Vector's file server. A checkpoint is a
+//! snapshot of every stream's position and pipeline state taken right after a batch boundary; it
+//! is written only once the sink acknowledged that batch, so it never covers an exchange that was
+//! not delivered.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{Ack, Batch};
+use crate::checkpoint::{stream_key, Checkpoint, Store, StreamCheckpoint};
+use crate::config::{Config, StartAt};
+use crate::discover::{self, StreamKey, Watcher};
+use crate::ops::Metrics;
+use crate::pipeline::{LogStream, Settings};
+use crate::record::Exchange;
+use crate::tail::{Follower, Position, TailEvent};
+
+/// Counters taken from a stream's stats and reported to metrics as deltas.
+#[derive(Default, Clone, Copy)]
+struct Totals {
+    lines: u64,
+    malformed_line: u64,
+    stray_line: u64,
+    unattributed_v1: u64,
+    malformed_v2: u64,
+    truncated_message: u64,
+    evicted: u64,
+    expired: u64,
+    script_errors: u64,
+}
+
+struct Entry {
+    key: StreamKey,
+    follower: Follower,
+    stream: LogStream,
+    last_data: Instant,
+    /// The Envoy message being joined was flushed after the stream went quiet.
+    flushed: bool,
+    finished: bool,
+    reported: Totals,
+}
+
+pub struct Reader {
+    settings: Settings,
+    log_root: PathBuf,
+    container: String,
+    start_at: StartAt,
+    poll_interval: Duration,
+    idle_flush: Duration,
+    checkpoint_interval: Duration,
+    expire_after_ms: i64,
+    read_budget: usize,
+    batch_max: usize,
+    grace: Duration,
+    streams: BTreeMap<StreamKey, Entry>,
+    /// Streams of the loaded checkpoint not yet matched to a discovered stream.
+    saved: BTreeMap<String, StreamCheckpoint>,
+    first_scan_done: bool,
+    store: Store,
+    watcher: Watcher,
+    batches: mpsc::Sender<Batch>,
+    acks: std::sync::mpsc::Receiver<Ack>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    batch: Vec<Exchange>,
+    sent_seq: u64,
+    acked_seq: u64,
+    sink_position: Option<crate::sink::FilePosition>,
+    /// A snapshot waiting for the acknowledgement of batch `.0`.
+    waiting: Option<(u64, Checkpoint)>,
+    /// Something changed since the last snapshot (data read, exchanges emitted, streams added or
+    /// ended): the checkpoint is written only then.
+    dirty: bool,
+}
+
+impl Reader {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        checkpoint: Checkpoint,
+        batches: mpsc::Sender<Batch>,
+        acks: std::sync::mpsc::Receiver<Ack>,
+        metrics: Arc<Metrics>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let a = &config.agent;
+        Reader {
+            settings: config.settings(),
+            log_root: a.log_root.clone(),
+            container: a.container.clone(),
+            start_at: a.start_at,
+            poll_interval: Duration::from_millis(a.poll_interval_ms),
+            idle_flush: Duration::from_millis(a.idle_flush_ms),
+            checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms),
+            expire_after_ms: (config.assembly.expire_after_seconds * 1000) as i64,
+            read_budget: a.read_budget_bytes,
+            batch_max: a.batch_max_records,
+            grace: Duration::from_secs(a.shutdown_grace_seconds),
+            streams: BTreeMap::new(),
+            saved: checkpoint.streams,
+            first_scan_done: false,
+            store,
+            watcher: Watcher::new(&a.log_root),
+            batches,
+            acks,
+            metrics,
+            stop,
+            batch: Vec::new(),
+            sent_seq: 0,
+            acked_seq: 0,
+            sink_position: checkpoint.sink_position,
+            waiting: None,
+            dirty: true,
+        }
+    }
+
+    /// Runs until `stop` is set, then hands over what was read and writes the last checkpoint.
+    pub fn run(mut self) -> Result<(), String> {
+        let mut last_scan: Option<Instant> = None;
+        let mut last_checkpoint = Instant::now();
+        let mut last_expire = Instant::now();
+        let mut woke = false;
+        while !self.stop.load(Ordering::SeqCst) {
+            if woke || last_scan.is_none_or(|t| t.elapsed() >= self.poll_interval) {
+                self.scan();
+                last_scan = Some(Instant::now());
+            }
+            let expire = last_expire.elapsed() >= Duration::from_secs(1);
+            if expire {
+                last_expire = Instant::now();
+            }
+            let progressed = self.read_round(expire);
+            self.dirty |= progressed || !self.batch.is_empty();
+            if !self.send_batch(self.batch.len() >= self.batch_max || !progressed) {
+                break;
+            }
+            self.process_acks();
+            if last_checkpoint.elapsed() >= self.checkpoint_interval {
+                self.take_checkpoint();
+                self.report_stats();
+                last_checkpoint = Instant::now();
+            }
+            woke = false;
+            if !progressed {
+                woke = self.watcher.wait(self.wait_time());
+            }
+        }
+        self.shutdown()
+    }
+
+    /// How long to sleep when nothing was read: until the next poll, or sooner if a quiet stream
+    /// is due for its idle flush.
+    fn wait_time(&self) -> Duration {
+        let mut wait = self.poll_interval.min(self.checkpoint_interval);
+        for e in self.streams.values() {
+            if !e.flushed {
+                wait = wait.min(self.idle_flush.saturating_sub(e.last_data.elapsed()));
+            }
+        }
+        wait.max(Duration::from_millis(1))
+    }
+
+    fn scan(&mut self) {
+        let keys = match discover::scan(&self.log_root, &self.container) {
+            Ok(keys) => keys,
+            Err(error) => {
+                tracing::warn!(root = %self.log_root.display(), %error, "Could not scan the log directory.");
+                return;
+            }
+        };
+        for key in keys {
+            if self.streams.contains_key(&key) {
+                continue;
+            }
+            self.dirty = true;
+            let entry = self.open_stream(key.clone());
+            self.metrics.files_tailed(self.streams.len() as i64 + 1);
+            self.streams.insert(key, entry);
+        }
+        if !self.first_scan_done {
+            self.first_scan_done = true;
+            self.finish_vanished_saved_streams();
+        }
+    }
+
+    fn open_stream(&mut self, key: StreamKey) -> Entry {
+        let k8s = crate::k8s::meta_from_log_path(&key.dir.join("0.log"));
+        let saved = self.saved.remove(&stream_key(&key.dir, key.restart));
+        let (stream, start) = match saved {
+            Some(saved) => match LogStream::restore(&self.settings, saved.state) {
+                Ok(stream) => (stream, saved.position),
+                Err(error) => {
+                    tracing::error!(dir = %key.dir.display(), %error,
+                        "Checkpointed state of this stream is unreadable; continuing from its position without it.");
+                    (LogStream::new(&self.settings, k8s), saved.position)
+                }
+            },
+            None => {
+                let start = match self.start_at {
+                    StartAt::Beginning => None,
+                    StartAt::End => end_position(&key),
+                };
+                (LogStream::new(&self.settings, k8s), start)
+            }
+        };
+        tracing::info!(dir = %key.dir.display(), restart = key.restart, resume = ?start, "Tailing container log stream.");
+        Entry {
+            follower: Follower::new(key.clone(), start, self.settings.max_line_bytes),
+            key,
+            stream,
+            last_data: Instant::now(),
+            flushed: true,
+            finished: false,
+            reported: Totals::default(),
+        }
+    }
+
+    /// Streams in the checkpoint whose directory is gone (pod deleted while the agent was down):
+    /// their pending exchanges are emitted, marked incomplete, rather than forgotten.
+    fn finish_vanished_saved_streams(&mut self) {
+        for (name, saved) in std::mem::take(&mut self.saved) {
+            tracing::warn!(stream = %name, "A checkpointed log stream no longer exists; emitting its pending exchanges.");
+            if let Ok(mut stream) = LogStream::restore(&self.settings, saved.state) {
+                let batch = &mut self.batch;
+                stream.finish(&mut |ex| batch.push(ex));
+            }
+        }
+    }
+
+    /// One turn over every stream; true if any data was read.
+    fn read_round(&mut self, expire: bool) -> bool {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut progressed = false;
+        let mut progressed_state = false;
+        let batch = &mut self.batch;
+        let metrics = &self.metrics;
+        let mut out = |ex: Exchange| {
+            metrics.exchange(ex.source.as_str(), ex.complete);
+            if !ex.warnings.is_empty() {
+                metrics.exchange_warnings(1);
+            }
+            batch.push(ex);
+        };
+        for e in self.streams.values_mut() {
+            if e.finished {
+                continue;
+            }
+            e.stream.set_now(now_ms);
+            let stream = &mut e.stream;
+            let result = e.follower.poll(self.read_budget, &mut |event| match event {
+                TailEvent::File {
+                    path, fingerprint, ..
+                } => stream.start_file(path, Some(fingerprint), &mut out),
+                TailEvent::Line(line) => stream.push_line(&line, &mut out),
+                TailEvent::Lost {
+                    path,
+                    bytes,
+                    reason,
+                } => {
+                    tracing::warn!(path = %path.display(), ?bytes, reason, "Log data was lost before meshtap could read it.");
+                    metrics.skipped("lost_log_data", 1);
+                }
+            });
+            match result {
+                Ok(0) => {
+                    if !e.flushed && e.last_data.elapsed() >= self.idle_flush {
+                        e.stream.flush_messages(&mut out);
+                        e.flushed = true;
+                        // The joiner's state changed even if no exchange came out.
+                        progressed_state = true;
+                    }
+                }
+                Ok(n) => {
+                    progressed = true;
+                    e.last_data = Instant::now();
+                    e.flushed = false;
+                    metrics.log_bytes(n as u64);
+                }
+                Err(error) => {
+                    tracing::warn!(dir = %e.key.dir.display(), %error, "Could not read a container log.");
+                }
+            }
+            if expire {
+                e.stream.expire(self.expire_after_ms, &mut out);
+            }
+            if e.follower.is_finished() {
+                progressed_state = true;
+                tracing::info!(dir = %e.key.dir.display(), restart = e.key.restart, "Container log stream ended.");
+                e.stream.finish(&mut out);
+                e.finished = true;
+            }
+        }
+        self.dirty |= progressed_state;
+        progressed
+    }
+
+    /// Hands the current batch to the sink (if `now` or full). Waits while the queue is full
+    /// (backpressure); false if it had to give up (shutdown grace over, or the sink is gone).
+    fn send_batch(&mut self, now: bool) -> bool {
+        if self.batch.is_empty() || !now {
+            return true;
+        }
+        let mut batch = Batch {
+            seq: self.sent_seq + 1,
+            exchanges: std::mem::take(&mut self.batch),
+        };
+        let mut deadline: Option<Instant> = None;
+        loop {
+            match self.batches.try_send(batch) {
+                Ok(()) => {
+                    self.sent_seq += 1;
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(b)) => {
+                    batch = b;
+                    self.process_acks();
+                    if self.stop.load(Ordering::SeqCst) {
+                        let d = *deadline.get_or_insert_with(|| Instant::now() + self.grace);
+                        if Instant::now() >= d {
+                            // Not delivered: the last written checkpoint precedes these exchanges.
+                            return false;
+                        }
+                    }
+                    // The queue drains as the sink acknowledges; poll it at a short interval.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    fn process_acks(&mut self) {
+        while let Ok(ack) = self.acks.try_recv() {
+            self.acked_seq = ack.seq;
+            if ack.sink_position.is_some() {
+                self.sink_position = ack.sink_position;
+            }
+            if self
+                .waiting
+                .as_ref()
+                .is_some_and(|(seq, _)| *seq == ack.seq)
+            {
+                let (_, checkpoint) = self.waiting.take().expect("present");
+                self.save(checkpoint);
+            }
+        }
+    }
+
+    /// Snapshots every stream right after the last batch handed over; saved once it is acknowledged.
+    fn take_checkpoint(&mut self) {
+        if self.waiting.is_some() || !self.dirty {
+            return;
+        }
+        if !self.send_batch(true) {
+            return;
+        }
+        let mut checkpoint = Checkpoint::default();
+        for e in self.streams.values() {
+            if e.finished {
+                continue;
+            }
+            checkpoint.streams.insert(
+                stream_key(&e.key.dir, e.key.restart),
+                StreamCheckpoint {
+                    dir: e.key.dir.clone(),
+                    restart: e.key.restart,
+                    position: e.follower.position(),
+                    state: e.stream.snapshot(),
+                },
+            );
+        }
+        // Finished streams leave the checkpoint once their last exchanges are covered by it.
+        self.forget_finished();
+        self.dirty = false;
+        if self.acked_seq >= self.sent_seq {
+            self.save(checkpoint);
+        } else {
+            self.waiting = Some((self.sent_seq, checkpoint));
+        }
+    }
+
+    fn forget_finished(&mut self) {
+        let finished: Vec<StreamKey> = self
+            .streams
+            .iter()
+            .filter(|(_, e)| e.finished)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in finished {
+            if let Some(e) = self.streams.remove(&key) {
+                self.report_entry(&e, e.reported);
+                self.metrics.remove_file(&e.key.dir.display().to_string());
+            }
+        }
+        self.metrics.files_tailed(self.streams.len() as i64);
+    }
+
+    fn save(&mut self, mut checkpoint: Checkpoint) {
+        checkpoint.sink_position = self.sink_position.clone();
+        match self.store.save(checkpoint) {
+            Ok(_) => {
+                self.metrics.checkpoint_written(true);
+                for e in self.streams.values() {
+                    self.metrics
+                        .set_checkpoint_lag(&e.key.dir.display().to_string(), e.follower.backlog());
+                }
+            }
+            Err(error) => {
+                self.metrics.checkpoint_written(false);
+                tracing::error!(%error, "Could not write the checkpoint; will retry.");
+            }
+        }
+    }
+
+    fn report_stats(&mut self) {
+        let keys: Vec<StreamKey> = self.streams.keys().cloned().collect();
+        for key in keys {
+            let e = self.streams.get(&key).expect("present");
+            let now = totals(&e.stream);
+            self.report_entry(e, e.reported);
+            if let Some(e) = self.streams.get_mut(&key) {
+                e.reported = now;
+            }
+        }
+    }
+
+    /// Reports to metrics what `e` counted since `before`.
+    fn report_entry(&self, e: &Entry, before: Totals) {
+        let now = totals(&e.stream);
+        let m = &self.metrics;
+        m.log_lines(now.lines - before.lines);
+        m.skipped("malformed_line", now.malformed_line - before.malformed_line);
+        m.skipped("stray_line", now.stray_line - before.stray_line);
+        m.skipped(
+            "unattributed_v1",
+            now.unattributed_v1 - before.unattributed_v1,
+        );
+        m.skipped("malformed_v2", now.malformed_v2 - before.malformed_v2);
+        m.skipped(
+            "truncated_message",
+            now.truncated_message - before.truncated_message,
+        );
+        m.skipped("evicted", now.evicted - before.evicted);
+        m.skipped("expired", now.expired - before.expired);
+        m.script_errors(now.script_errors - before.script_errors);
+    }
+
+    fn shutdown(mut self) -> Result<(), String> {
+        // Everything read so far goes to the sink; exchanges still pending stay in the state.
+        for e in self.streams.values_mut() {
+            if !e.flushed {
+                // A message being joined is complete only if the log is quiet; keep it pending.
+                e.flushed = true;
+            }
+        }
+        let deadline = Instant::now() + self.grace;
+        if !self.send_batch(true) {
+            tracing::warn!(
+                "Could not hand the last batch to the sink; it will be read again after a restart."
+            );
+            return Ok(());
+        }
+        // The final snapshot covers everything handed over, including any earlier one still
+        // waiting for its acknowledgement.
+        self.waiting = None;
+        self.dirty = true;
+        self.take_checkpoint();
+        while self.waiting.is_some() && Instant::now() < deadline {
+            self.process_acks();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.report_stats();
+        if self.waiting.is_some() {
+            tracing::warn!("The sink did not acknowledge the last batch in time; it will be read again after a restart.");
+        } else {
+            tracing::info!("Checkpoint written; exiting.");
+        }
+        Ok(())
+    }
+}
+
+fn totals(stream: &LogStream) -> Totals {
+    let (decode, envoy, assemble) = stream.stats();
+    Totals {
+        lines: decode.physical,
+        malformed_line: decode.malformed,
+        stray_line: envoy.stray_lines,
+        unattributed_v1: assemble.unattributed_v1,
+        malformed_v2: assemble.malformed_v2,
+        truncated_message: envoy.truncated_messages,
+        evicted: assemble.evicted,
+        expired: assemble.expired,
+        script_errors: assemble.script_errors,
+    }
+}
+
+/// `start_at: end`: the end of the live file's last complete line.
+fn end_position(key: &StreamKey) -> Option<Position> {
+    let live = discover::stream_files(key).ok()?.into_iter().last()?;
+    if live.gz {
+        return None;
+    }
+    let mut file = std::fs::File::open(&live.path).ok()?;
+    let mut first = Vec::new();
+    let mut reader = std::io::BufReader::new(&mut file);
+    std::io::BufRead::read_until(&mut reader, b'\n', &mut first).ok()?;
+    if !first.ends_with(b"\n") {
+        return None;
+    }
+    first.pop();
+    let fingerprint = crate::read::fingerprint(&first);
+    let len = file.metadata().ok()?.len();
+    let tail = len.min(1 << 16);
+    file.seek(SeekFrom::Start(len - tail)).ok()?;
+    let mut buf = Vec::new();
+    file.take(tail).read_to_end(&mut buf).ok()?;
+    let last_newline = memchr::memrchr(b'\n', &buf)?;
+    Some(Position {
+        fingerprint,
+        offset: len - tail + last_newline as u64 + 1,
+    })
+}
