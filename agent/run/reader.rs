@@ -38,6 +38,9 @@ struct Totals {
     script_errors: u64,
 }
 
+/// Each stream's bytes read when a snapshot was taken.
+type ReadAt = Vec<(StreamKey, u64)>;
+
 struct Entry {
     key: StreamKey,
     follower: Follower,
@@ -47,6 +50,9 @@ struct Entry {
     flushed: bool,
     finished: bool,
     reported: Totals,
+    /// Bytes read so far, and at the snapshot the last written checkpoint holds (for lag).
+    read_total: u64,
+    read_checkpointed: u64,
 }
 
 pub struct Reader {
@@ -75,8 +81,9 @@ pub struct Reader {
     sent_seq: u64,
     acked_seq: u64,
     sink_position: Option<crate::sink::FilePosition>,
-    /// A snapshot waiting for the acknowledgement of batch `.0`.
-    waiting: Option<(u64, Checkpoint)>,
+    /// A snapshot waiting for the acknowledgement of batch `.0`, with each stream's bytes read
+    /// at the snapshot.
+    waiting: Option<(u64, Checkpoint, ReadAt)>,
     /// Something changed since the last snapshot (data read, exchanges emitted, streams added or
     /// ended): the checkpoint is written only then.
     dirty: bool,
@@ -221,6 +228,8 @@ impl Reader {
             flushed: true,
             finished: false,
             reported: Totals::default(),
+            read_total: 0,
+            read_checkpointed: 0,
         }
     }
 
@@ -283,6 +292,7 @@ impl Reader {
                     progressed = true;
                     e.last_data = Instant::now();
                     e.flushed = false;
+                    e.read_total += n as u64;
                     metrics.log_bytes(n as u64);
                 }
                 Err(error) => {
@@ -347,10 +357,10 @@ impl Reader {
             if self
                 .waiting
                 .as_ref()
-                .is_some_and(|(seq, _)| *seq == ack.seq)
+                .is_some_and(|(seq, ..)| *seq == ack.seq)
             {
-                let (_, checkpoint) = self.waiting.take().expect("present");
-                self.save(checkpoint);
+                let (_, checkpoint, read) = self.waiting.take().expect("present");
+                self.save(checkpoint, read);
             }
         }
     }
@@ -378,13 +388,18 @@ impl Reader {
                 },
             );
         }
+        let read: ReadAt = self
+            .streams
+            .values()
+            .map(|e| (e.key.clone(), e.read_total))
+            .collect();
         // Finished streams leave the checkpoint once their last exchanges are covered by it.
         self.forget_finished();
         self.dirty = false;
         if self.acked_seq >= self.sent_seq {
-            self.save(checkpoint);
+            self.save(checkpoint, read);
         } else {
-            self.waiting = Some((self.sent_seq, checkpoint));
+            self.waiting = Some((self.sent_seq, checkpoint, read));
         }
     }
 
@@ -404,15 +419,17 @@ impl Reader {
         self.metrics.files_tailed(self.streams.len() as i64);
     }
 
-    fn save(&mut self, mut checkpoint: Checkpoint) {
+    fn save(&mut self, mut checkpoint: Checkpoint, read: ReadAt) {
         checkpoint.sink_position = self.sink_position.clone();
         match self.store.save(checkpoint) {
             Ok(_) => {
                 self.metrics.checkpoint_written(true);
-                for e in self.streams.values() {
-                    self.metrics
-                        .set_checkpoint_lag(&e.key.dir.display().to_string(), e.follower.backlog());
+                for (key, bytes) in read {
+                    if let Some(e) = self.streams.get_mut(&key) {
+                        e.read_checkpointed = bytes;
+                    }
                 }
+                self.report_lag();
             }
             Err(error) => {
                 self.metrics.checkpoint_written(false);
@@ -421,7 +438,17 @@ impl Reader {
         }
     }
 
+    /// Per stream: bytes read but not yet covered by a written checkpoint.
+    fn report_lag(&self) {
+        for e in self.streams.values() {
+            let lag = e.read_total - e.read_checkpointed;
+            self.metrics
+                .set_checkpoint_lag(&e.key.dir.display().to_string(), lag);
+        }
+    }
+
     fn report_stats(&mut self) {
+        self.report_lag();
         let keys: Vec<StreamKey> = self.streams.keys().cloned().collect();
         for key in keys {
             let e = self.streams.get(&key).expect("present");
