@@ -122,6 +122,9 @@ pub struct AssemblyConfig {
     pub max_pending: usize,
     /// Seconds after which an exchange that has not ended is emitted, marked incomplete.
     pub expire_after_seconds: u64,
+    /// `meshtap run`: exchanges awaiting their end across all streams of the node; past it the
+    /// oldest of the busiest stream is emitted, marked incomplete.
+    pub max_pending_total: usize,
 }
 
 /// Long enough for slow uploads and long polls; short enough that a lost end line shows up soon.
@@ -136,6 +139,8 @@ impl Default for AssemblyConfig {
             max_body_bytes: s.limits.max_body_bytes,
             max_pending: s.limits.max_pending,
             expire_after_seconds: default_expire_after_seconds(),
+            // With 4 MiB bodies the per-direction cap bounds each; this bounds their number.
+            max_pending_total: 20_000,
         }
     }
 }
@@ -233,6 +238,10 @@ impl Config {
             ("assembly.max_body_bytes", self.assembly.max_body_bytes),
             ("assembly.max_pending", self.assembly.max_pending),
             (
+                "assembly.max_pending_total",
+                self.assembly.max_pending_total,
+            ),
+            (
                 "assembly.expire_after_seconds",
                 self.assembly.expire_after_seconds as usize,
             ),
@@ -302,6 +311,10 @@ mod tests {
         assert_eq!(
             shipped.assembly.expire_after_seconds,
             defaults.assembly.expire_after_seconds
+        );
+        assert_eq!(
+            shipped.assembly.max_pending_total,
+            defaults.assembly.max_pending_total
         );
         assert_eq!(shipped.log.level, defaults.log.level);
         assert_eq!(shipped.log.format, defaults.log.format);

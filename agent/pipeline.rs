@@ -192,6 +192,16 @@ impl LogStream {
         self.joiner.flush(&mut |msg| assembler.push(ctx, msg, out));
     }
 
+    /// Exchanges waiting for their end.
+    pub fn pending_len(&self) -> usize {
+        self.assembler.pending_len()
+    }
+
+    /// Emits one pending exchange early, with `warning` (a node-wide cap was reached).
+    pub fn evict_oldest(&mut self, warning: String, out: &mut dyn FnMut(Exchange)) {
+        self.assembler.evict_oldest(warning, out);
+    }
+
     /// Sets the wall-clock time (ms) used to stamp and expire pending exchanges.
     pub fn set_now(&mut self, now_ms: i64) {
         self.assembler.set_now(now_ms);
@@ -454,6 +464,31 @@ mod tests {
             got.sort();
             assert_eq!(got, whole, "cut at byte {cut}");
         }
+    }
+
+    #[test]
+    fn eviction_emits_the_oldest_pending_exchange_incomplete() {
+        let data = mixed_log();
+        // Stop in the middle of the log: exchanges are pending on both threads.
+        let cut = data.len() / 2;
+        let cut = cut + data[cut..].iter().position(|&b| b == b'\n').unwrap() + 1;
+        let mut stream = LogStream::new(&Settings::default(), None);
+        stream.start_file(
+            Path::new("/l/ns_pod_uid/istio-proxy/0.log"),
+            None,
+            &mut |_| {},
+        );
+        let mut got = Vec::new();
+        run(&mut stream, &data, 0, cut, &mut got);
+        let before = stream.pending_len();
+        assert!(before >= 1, "something is pending at the cut");
+        let mut evicted = Vec::new();
+        stream.evict_oldest("node cap".into(), &mut |ex| evicted.push(ex));
+        assert_eq!(stream.pending_len(), before - 1);
+        assert_eq!(evicted.len(), 1);
+        assert!(!evicted[0].complete);
+        assert!(evicted[0].warnings.contains(&"node cap".to_string()));
+        assert_eq!(stream.stats().2.evicted, 1);
     }
 
     #[test]

@@ -173,6 +173,27 @@ impl Assembler {
         self.stats.expired = self.v1.expired + self.v2.expired;
     }
 
+    /// Exchanges waiting for their end.
+    pub fn pending_len(&self) -> usize {
+        self.v1.pending_len() + self.v2.pending_len()
+    }
+
+    /// Emits one pending exchange early (from the format holding more), with `warning`: the
+    /// agent's node-wide cap on pending exchanges.
+    pub fn evict_oldest(&mut self, warning: String, out: &mut dyn FnMut(Exchange)) {
+        let stats = &mut self.stats;
+        let mut emit = |ex: Exchange| {
+            count(stats, &ex);
+            out(ex)
+        };
+        if self.v1.pending_len() >= self.v2.pending_len() {
+            self.v1.evict_oldest_with(warning, &mut emit);
+        } else {
+            self.v2.evict_oldest_with(warning, &mut emit);
+        }
+        self.stats.evicted = self.v1.evicted + self.v2.evicted;
+    }
+
     /// End of input: every pending exchange is emitted, marked incomplete.
     pub fn finish(&mut self, out: &mut dyn FnMut(Exchange)) {
         let stats = &mut self.stats;

@@ -367,11 +367,21 @@ impl Assembler {
     }
 
     fn evict_oldest(&mut self, out: &mut dyn FnMut(Exchange)) {
+        let warning = format!(
+            "emitted before its end: more than {} exchanges were pending",
+            self.limits.max_pending
+        );
+        self.evict_oldest_with(warning, out);
+    }
+
+    /// Exchanges waiting for their end.
+    pub fn pending_len(&self) -> usize {
+        self.exchanges.len()
+    }
+
+    /// Emits the oldest pending exchange early, with `warning`.
+    pub fn evict_oldest_with(&mut self, warning: String, out: &mut dyn FnMut(Exchange)) {
         if let Some(&key) = self.exchanges.keys().next() {
-            let warning = format!(
-                "emitted before its end: more than {} exchanges were pending",
-                self.limits.max_pending
-            );
             self.emit_early(key, warning, out);
             self.evicted += 1;
         }

@@ -176,17 +176,28 @@ impl Assembler {
         if self.pending.len() < self.limits.max_pending {
             return;
         }
+        let warning = format!(
+            "emitted before its end: more than {} exchanges were pending",
+            self.limits.max_pending
+        );
+        self.evict_oldest_with(warning, out);
+    }
+
+    /// Exchanges waiting for their end.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Emits the oldest pending exchange (first opened) early, with `warning`.
+    pub fn evict_oldest_with(&mut self, warning: String, out: &mut dyn FnMut(Exchange)) {
         let oldest = self
             .pending
             .iter()
-            .min_by_key(|(_, p)| p.exchange.log.offset)
+            .min_by_key(|(_, p)| (p.opened_ms, p.exchange.log.offset))
             .map(|(k, _)| k.clone());
         if let Some(key) = oldest {
             let mut p = self.pending.remove(&key).expect("present");
-            p.exchange.warn(format!(
-                "emitted before its end: more than {} exchanges were pending",
-                self.limits.max_pending
-            ));
+            p.exchange.warn(warning);
             self.evicted += 1;
             out(finish(p));
         }

@@ -64,6 +64,7 @@ pub struct Reader {
     idle_flush: Duration,
     checkpoint_interval: Duration,
     expire_after_ms: i64,
+    max_pending_total: usize,
     read_budget: usize,
     batch_max: usize,
     grace: Duration,
@@ -109,6 +110,7 @@ impl Reader {
             idle_flush: Duration::from_millis(a.idle_flush_ms),
             checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms),
             expire_after_ms: (config.assembly.expire_after_seconds * 1000) as i64,
+            max_pending_total: config.assembly.max_pending_total,
             read_budget: a.read_budget_bytes,
             batch_max: a.batch_max_records,
             grace: Duration::from_secs(a.shutdown_grace_seconds),
@@ -239,8 +241,8 @@ impl Reader {
         for (name, saved) in std::mem::take(&mut self.saved) {
             tracing::warn!(stream = %name, "A checkpointed log stream no longer exists; emitting its pending exchanges.");
             if let Ok(mut stream) = LogStream::restore(&self.settings, saved.state) {
-                let batch = &mut self.batch;
-                stream.finish(&mut |ex| batch.push(ex));
+                let (batch, metrics) = (&mut self.batch, &self.metrics);
+                stream.finish(&mut |ex| emit(metrics, batch, ex));
             }
         }
     }
@@ -252,13 +254,7 @@ impl Reader {
         let mut progressed_state = false;
         let batch = &mut self.batch;
         let metrics = &self.metrics;
-        let mut out = |ex: Exchange| {
-            metrics.exchange(ex.source.as_str(), ex.complete);
-            if !ex.warnings.is_empty() {
-                metrics.exchange_warnings(1);
-            }
-            batch.push(ex);
-        };
+        let mut out = |ex: Exchange| emit(metrics, batch, ex);
         for e in self.streams.values_mut() {
             if e.finished {
                 continue;
@@ -310,7 +306,31 @@ impl Reader {
             }
         }
         self.dirty |= progressed_state;
+        self.enforce_pending_total();
         progressed
+    }
+
+    /// The node-wide cap on pending exchanges: the busiest stream gives up its oldest.
+    fn enforce_pending_total(&mut self) {
+        let mut total: usize = self.streams.values().map(|e| e.stream.pending_len()).sum();
+        while total > self.max_pending_total {
+            let Some(e) = self
+                .streams
+                .values_mut()
+                .max_by_key(|e| e.stream.pending_len())
+            else {
+                break;
+            };
+            let warning = format!(
+                "emitted before its end: more than {} exchanges were pending on this node",
+                self.max_pending_total
+            );
+            let (batch, metrics) = (&mut self.batch, &self.metrics);
+            e.stream
+                .evict_oldest(warning, &mut |ex| emit(metrics, batch, ex));
+            total -= 1;
+            self.dirty = true;
+        }
     }
 
     /// Hands the current batch to the sink (if `now` or full). Waits while the queue is full
@@ -513,6 +533,15 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// Every exchange leaves the pipeline here: counted, then batched for the sink.
+fn emit(metrics: &Metrics, batch: &mut Vec<Exchange>, ex: Exchange) {
+    metrics.exchange(ex.source.as_str(), ex.complete);
+    if !ex.warnings.is_empty() {
+        metrics.exchange_warnings(1);
+    }
+    batch.push(ex);
 }
 
 fn totals(stream: &LogStream) -> Totals {
