@@ -6,16 +6,15 @@
 //! `max_line_bytes` of a line: the rest of an overlong line is read and thrown away. Offsets are
 //! positions in the *decompressed* stream so that later stages can point back at the source.
 
+pub(crate) mod lines;
+
+use lines::Lines;
+
 use std::fs::File;
 use std::io::{self, Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
-use memchr::memchr;
-
-/// Reads go into at least this much free space; big enough that syscalls and the gzip decoder
-/// work in large batches, small enough that a reader per file stays cheap.
-const CHUNK: usize = 64 * 1024;
 
 /// Name used in errors when the reader did not come from a file.
 const READER_NAME: &str = "<reader>";
@@ -59,21 +58,13 @@ pub enum ReadError {
     },
 }
 
-/// Splits a byte stream into [`PhysicalLine`]s.
-///
-/// Invariant of the buffer: `buf[start..filled]` is data not yet handed out, of which
-/// `buf[start..scanned]` is known to contain no newline, and `pos` is the stream offset of
-/// `buf[start]`. `buf.len()` is the allocated (initialised) size reads may fill.
+/// Splits a byte stream into [`PhysicalLine`]s, on the same bounded buffer as the agent's tailer.
 pub struct LineReader {
     reader: Box<dyn Read + Send>,
     path: PathBuf,
     gzip: bool,
     max_line_bytes: usize,
-    buf: Vec<u8>,
-    start: usize,
-    scanned: usize,
-    filled: usize,
-    pos: u64,
+    lines: Lines,
     eof: bool,
     /// Set after a read error: the stream is in an unknown state, so the reader stops there.
     failed: bool,
@@ -119,11 +110,7 @@ impl LineReader {
             path: PathBuf::from(READER_NAME),
             gzip: false,
             max_line_bytes,
-            buf: Vec::new(),
-            start: 0,
-            scanned: 0,
-            filled: 0,
-            pos: 0,
+            lines: Lines::new(),
             eof: false,
             failed: false,
         }
@@ -132,7 +119,7 @@ impl LineReader {
     /// Reports offsets relative to `offset` instead of 0, for a caller that resumes a file it
     /// has already positioned (e.g. seeked to a checkpoint) before handing it over.
     pub fn with_start_offset(mut self, offset: u64) -> Self {
-        self.pos = offset;
+        self.lines.reset(offset);
         self
     }
 
@@ -143,7 +130,7 @@ impl LineReader {
 
     /// Offset just after the last line handed out: where a resumed read would start.
     pub fn position(&self) -> u64 {
-        self.pos
+        self.lines.pos()
     }
 
     /// The next line, `Ok(None)` at end of input. After an error the reader is finished and
@@ -153,150 +140,50 @@ impl LineReader {
         if self.failed {
             return Ok(None);
         }
-        loop {
-            if let Some(i) = memchr(b'\n', &self.buf[self.scanned..self.filled]) {
-                let nl = self.scanned + i;
-                let len = nl - self.start;
-                let first = self.start;
-                let offset = self.pos;
-                let end = offset + len as u64 + 1;
-                self.start = nl + 1;
-                self.scanned = self.start;
-                self.pos = end;
-                // The whole overlong line may have arrived in one read: cut it here.
-                let keep = len.min(self.max_line_bytes);
-                return Ok(Some(PhysicalLine {
-                    bytes: &self.buf[first..first + keep],
-                    offset,
-                    end,
-                    truncated: len > self.max_line_bytes,
-                    terminated: true,
-                }));
-            }
-            self.scanned = self.filled;
-            let pending = self.filled - self.start;
-            if pending > self.max_line_bytes {
-                return self.skip_long_line();
+        let max = self.max_line_bytes;
+        let span = loop {
+            if let Some(span) = self.lines.next_line(max) {
+                break span;
             }
             if self.eof {
-                if pending == 0 {
-                    return Ok(None);
-                }
-                let first = self.start;
-                let offset = self.pos;
-                self.start = self.filled;
-                self.pos = offset + pending as u64;
-                return Ok(Some(PhysicalLine {
-                    bytes: &self.buf[first..self.filled],
-                    offset,
-                    end: self.pos,
-                    truncated: false,
-                    terminated: false,
-                }));
-            }
-            self.fill()?;
-        }
-    }
-
-    /// Reads more data after `filled`, first making at least [`CHUNK`] bytes of room by moving
-    /// the unfinished line to the front or, if it is already there, by growing the buffer.
-    /// Growth stops at `max_line_bytes + CHUNK`: the caller never asks for more room while it
-    /// holds more than `max_line_bytes` of one line.
-    fn fill(&mut self) -> Result<(), ReadError> {
-        if self.start > 0 && self.buf.len() - self.filled < CHUNK {
-            self.compact();
-        }
-        if self.buf.len() - self.filled < CHUNK {
-            let limit = self.max_line_bytes.saturating_add(CHUNK).max(2 * CHUNK);
-            let new_len = (self.buf.len() * 2)
-                .max(2 * CHUNK)
-                .min(limit)
-                .max(self.filled + CHUNK);
-            // Exact, so that the bound holds for the allocation and not just for the length.
-            self.buf.reserve_exact(new_len - self.buf.len());
-            self.buf.resize(new_len, 0);
-        }
-        let offset = self.pos + (self.filled - self.start) as u64;
-        let n = self.read_at(self.filled, offset)?;
-        if n == 0 {
-            self.eof = true;
-        }
-        self.filled += n;
-        Ok(())
-    }
-
-    fn compact(&mut self) {
-        self.buf.copy_within(self.start..self.filled, 0);
-        self.filled -= self.start;
-        self.scanned -= self.start;
-        self.start = 0;
-    }
-
-    /// One read into `buf[at..]`; `offset` is the stream position of `buf[at]`, for the error.
-    fn read_at(&mut self, at: usize, offset: u64) -> Result<usize, ReadError> {
-        loop {
-            match self.reader.read(&mut self.buf[at..]) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    self.failed = true;
-                    let path = self.path.clone();
-                    return Err(if self.gzip {
-                        ReadError::Gzip {
-                            path,
-                            offset,
-                            source,
-                        }
-                    } else {
-                        ReadError::Read {
-                            path,
-                            offset,
-                            source,
-                        }
-                    });
+                match self.lines.take_partial() {
+                    Some(span) => break span,
+                    None => return Ok(None),
                 }
             }
-        }
-    }
-
-    /// Called when more than `max_line_bytes` of the current line are buffered without a
-    /// newline: keeps the first `max_line_bytes` at the front of the buffer and reads the rest
-    /// of the line into the space behind them, discarding it, until the newline or EOF.
-    fn skip_long_line(&mut self) -> Result<Option<PhysicalLine<'_>>, ReadError> {
-        let max = self.max_line_bytes;
-        self.compact();
-        let offset = self.pos;
-        // Bytes past the kept prefix that are already buffered were scanned: no newline there.
-        let mut skipped = (self.filled - max) as u64;
-        self.filled = max;
-        if self.buf.len() < max + CHUNK {
-            self.buf.reserve_exact(max + CHUNK - self.buf.len());
-            self.buf.resize(max + CHUNK, 0);
-        }
-        let (end, terminated) = loop {
-            let n = self.read_at(max, offset + max as u64 + skipped)?;
-            if n == 0 {
-                self.eof = true;
-                self.start = max;
-                break (offset + max as u64 + skipped, false);
-            }
-            if let Some(i) = memchr(b'\n', &self.buf[max..max + n]) {
-                skipped += i as u64;
-                // What follows the newline stays where it is and is the next line's start.
-                self.start = max + i + 1;
-                self.filled = max + n;
-                break (offset + max as u64 + skipped + 1, true);
-            }
-            skipped += n as u64;
+            let offset = self.lines.read_pos();
+            let n = loop {
+                match self.reader.read(self.lines.space(max)) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(source) => {
+                        self.failed = true;
+                        let path = self.path.clone();
+                        return Err(if self.gzip {
+                            ReadError::Gzip {
+                                path,
+                                offset,
+                                source,
+                            }
+                        } else {
+                            ReadError::Read {
+                                path,
+                                offset,
+                                source,
+                            }
+                        });
+                    }
+                }
+            };
+            self.lines.commit(n);
+            self.eof = n == 0;
         };
-        self.scanned = self.start;
-        self.pos = end;
         Ok(Some(PhysicalLine {
-            bytes: &self.buf[..max],
-            offset,
-            end,
-            truncated: true,
-            terminated,
+            bytes: self.lines.bytes(&span),
+            offset: span.offset,
+            end: span.end,
+            truncated: span.truncated,
+            terminated: span.terminated,
         }))
     }
 }
@@ -310,6 +197,7 @@ pub fn fingerprint(first_line: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::lines::CHUNK;
     use super::*;
     use flate2::write::GzEncoder;
     use flate2::Compression;
@@ -495,9 +383,9 @@ mod tests {
         );
         assert!(r.next_line().unwrap().is_none());
         assert!(
-            r.buf.capacity() <= MIB + 2 * CHUNK,
+            r.lines.capacity() <= MIB + 2 * CHUNK,
             "buffer grew to {}",
-            r.buf.capacity()
+            r.lines.capacity()
         );
     }
 

@@ -34,15 +34,14 @@ use crate::discover::{kubelet_name, stream_files, LogFile, StreamKey};
 use crate::read::{fingerprint, PhysicalLine};
 
 mod file;
-mod lines;
 
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
 mod tests;
 
+use crate::read::lines::{Lines, Span};
 use file::{head_fingerprint, is_corrupt, is_gzip, read_head, with_path, FileId, Source, HEAD};
-use lines::{Lines, Span};
 
 /// [`TailEvent::Lost`] reason: resuming, no stream file has the checkpoint's fingerprint any more
 /// (rotated away and deleted while the agent was down).

@@ -7,7 +7,7 @@ use std::io::Write;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use lines::CHUNK;
+use crate::read::lines::CHUNK;
 
 const MAX: usize = 64 * 1024;
 

@@ -1,18 +1,20 @@
-//! The follower's line buffer: like [`crate::read::LineReader`], but for a file that is still
-//! being written. End of file is not final: the bytes after the last newline wait in the buffer
-//! until more data arrives, or until the follower decides the file is finished and takes them as
-//! an unterminated last line. The caller does the reading (into [`Lines::space`]), so one buffer
-//! serves every file of a stream.
+//! The line buffer behind both [`super::LineReader`] (whole files) and the agent's tail follower
+//! (files still being written). End of file is not final: the bytes after the last newline wait in
+//! the buffer until more data arrives, or until the caller decides the input is finished and takes
+//! them as an unterminated last line. The caller does the reading (into [`Lines::space`]), so one
+//! buffer serves every file of a stream. Bounded: an overlong line keeps its first `max` bytes and
+//! the rest is skipped as it is read.
 
 use memchr::memchr;
 
-/// Reads go into at least this much free space (the same batch size as `LineReader`).
-pub(super) const CHUNK: usize = 64 * 1024;
+/// Reads go into at least this much free space; big enough that syscalls and the gzip decoder
+/// work in large batches, small enough that a buffer per stream stays cheap.
+pub(crate) const CHUNK: usize = 64 * 1024;
 
 /// A line found in the buffer, as indices, so the caller can borrow the bytes and its own state
 /// at the same time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Span {
+pub(crate) struct Span {
     /// `buf[first..first + keep]` holds the line's kept bytes.
     pub first: usize,
     pub keep: usize,
@@ -26,7 +28,7 @@ pub(super) struct Span {
 /// holds no newline, and `pos` is the file offset of `buf[start]`. While an overlong line is
 /// skipped (`skipping` is `Some(n)`), `buf[start..start + max]` is its kept prefix and `n` bytes
 /// after the prefix were read and thrown away.
-pub(super) struct Lines {
+pub(crate) struct Lines {
     buf: Vec<u8>,
     start: usize,
     scanned: usize,
