@@ -6,4 +6,5 @@ mod real_envoy;
 mod support;
 
 mod bad_input;
+mod replay;
 mod v1_assembly;

@@ -38,6 +38,13 @@ pub struct ParseArgs {
     /// Print the summary as JSON instead of a sentence.
     #[arg(long)]
     pub summary_json: bool,
+    /// Deliver the exchanges to the sink of `--config` (a file, Kafka, OTLP) instead of printing
+    /// them: replays a saved log into a backend for post-incident forensics.
+    #[arg(long, requires = "config")]
+    pub sink: bool,
+    /// With `--sink`: seconds to keep retrying a failing sink before giving up.
+    #[arg(long, default_value_t = 60, requires = "sink")]
+    pub sink_timeout: u64,
 }
 
 pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
@@ -63,23 +70,28 @@ pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
         settings.limits.max_body_bytes = max;
     }
 
-    let stdout = io::stdout().lock();
-    let mut writer = NdjsonWriter::new(io::BufWriter::with_capacity(1 << 16, stdout));
-    let mut write_error = None;
-    let summary = pipeline::parse_files(&args.files, &settings, &mut |exchange| {
-        if write_error.is_none() {
-            if let Err(e) = writer.write(&exchange) {
-                write_error = Some(e);
+    let summary = if args.sink {
+        replay_into_sink(&args, &config, settings)?
+    } else {
+        let stdout = io::stdout().lock();
+        let mut writer = NdjsonWriter::new(io::BufWriter::with_capacity(1 << 16, stdout));
+        let mut write_error = None;
+        let summary = pipeline::parse_files(&args.files, &settings, &mut |exchange| {
+            if write_error.is_none() {
+                if let Err(e) = writer.write(&exchange) {
+                    write_error = Some(e);
+                }
             }
+        });
+        if let Some(e) = write_error {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                return Ok(0);
+            }
+            return Err(e).context("writing exchanges to stdout");
         }
-    });
-    if let Some(e) = write_error {
-        if e.kind() == io::ErrorKind::BrokenPipe {
-            return Ok(0);
-        }
-        return Err(e).context("writing exchanges to stdout");
-    }
-    writer.flush().context("writing exchanges to stdout")?;
+        writer.flush().context("writing exchanges to stdout")?;
+        summary
+    };
 
     let mut stderr = io::stderr().lock();
     if args.summary_json {
@@ -109,4 +121,78 @@ pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
         writeln!(stderr, "meshtap parse: error: {error}")?;
     }
     Ok(if summary.errors.is_empty() { 0 } else { 1 })
+}
+
+/// Parses on a blocking thread and delivers batches to the configured sink as they come, with
+/// the agent's retry policy, giving up after `--sink-timeout` seconds of failure.
+fn replay_into_sink(
+    args: &ParseArgs,
+    config: &Config,
+    settings: pipeline::Settings,
+) -> anyhow::Result<pipeline::Summary> {
+    const BATCH: usize = 512;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let mut sink = config.sink.build(None).await.context("opening the sink")?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<crate::record::Exchange>>(4);
+        let files = args.files.clone();
+        let parser = tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            let summary = pipeline::parse_files(&files, &settings, &mut |exchange| {
+                batch.push(exchange);
+                if batch.len() >= BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    // The receiver only goes away on a delivery failure, reported there.
+                    let _ = tx.blocking_send(full);
+                }
+            });
+            if !batch.is_empty() {
+                let _ = tx.blocking_send(batch);
+            }
+            summary
+        });
+        let (give_up_tx, give_up) = tokio::sync::watch::channel(false);
+        let mut delivered = 0usize;
+        while let Some(batch) = rx.recv().await {
+            let mut backoff = crate::sink::Backoff::try_new(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(5),
+            )
+            .expect("valid backoff");
+            let deadline =
+                tokio::time::Instant::now() + std::time::Duration::from_secs(args.sink_timeout);
+            let timer = {
+                let give_up_tx = give_up_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(deadline).await;
+                    let _ = give_up_tx.send(true);
+                })
+            };
+            let result = crate::sink::deliver_with_retry(
+                &mut sink,
+                &batch,
+                &mut backoff,
+                &give_up,
+                |error| tracing::warn!(%error, "Could not deliver a batch; retrying."),
+            )
+            .await;
+            timer.abort();
+            result.with_context(|| {
+                format!(
+                    "delivering to the {} sink ({delivered} exchanges delivered before)",
+                    config.sink.name()
+                )
+            })?;
+            delivered += batch.len();
+        }
+        let summary = parser.await.context("the parser thread failed")?;
+        eprintln!(
+            "meshtap parse: delivered {delivered} exchanges to the {} sink",
+            config.sink.name()
+        );
+        Ok(summary)
+    })
 }

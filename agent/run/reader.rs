@@ -214,9 +214,11 @@ impl Reader {
                 }
             },
             None => {
+                // `end` applies to what exists when the agent starts; a pod that appears later
+                // is read from its first line, or its first exchanges would be missed.
                 let start = match self.start_at {
-                    StartAt::Beginning => None,
-                    StartAt::End => end_position(&key),
+                    StartAt::End if !self.first_scan_done => end_position(&key),
+                    _ => None,
                 };
                 (LogStream::new(&self.settings, k8s), start)
             }
