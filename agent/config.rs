@@ -355,6 +355,14 @@ mod tests {
     }
 
     #[test]
+    fn example_configs_for_kafka_and_otlp_are_valid() {
+        let kafka = Config::from_yaml(include_str!("../config/meshtap-kafka.yaml")).unwrap();
+        assert_eq!(kafka.sink.name(), "kafka");
+        let otlp = Config::from_yaml(include_str!("../config/meshtap-otlp.yaml")).unwrap();
+        assert_eq!(otlp.sink.name(), "otlp");
+    }
+
+    #[test]
     fn partial_config_keeps_other_defaults() {
         let c =
             Config::from_yaml("assembly:\n  max_body_bytes: 1024\nlogs:\n  format: cri\n").unwrap();

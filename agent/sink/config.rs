@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::file::{FilePosition, FileSink};
+use super::kafka::{KafkaSink, KafkaSinkConfig};
+use super::otlp::{OtlpSink, OtlpSinkConfig};
 use super::stdout::StdoutSink;
 use super::{BoxFuture, Sink, SinkError};
 use crate::record::Exchange;
@@ -33,6 +35,10 @@ pub enum SinkConfig {
     Stdout {},
     /// NDJSON in a local, size-rotated file.
     File(FileSinkConfig),
+    /// A Kafka topic (see docs/kafka.md).
+    Kafka(KafkaSinkConfig),
+    /// An OpenTelemetry collector, as OTLP log records (see docs/otlp.md).
+    Otlp(OtlpSinkConfig),
 }
 
 impl Default for SinkConfig {
@@ -87,13 +93,18 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout {} => "stdout",
             SinkConfig::File(_) => "file",
+            SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Otlp(_) => "otlp",
         }
     }
 
     /// Checks the settings; the message names the offending field (`sink.max_bytes`, ...).
     pub fn validate(&self) -> Result<(), String> {
-        let SinkConfig::File(file) = self else {
-            return Ok(());
+        let file = match self {
+            SinkConfig::File(file) => file,
+            SinkConfig::Kafka(kafka) => return kafka.validate(),
+            SinkConfig::Otlp(otlp) => return otlp.validate(),
+            SinkConfig::Stdout {} => return Ok(()),
         };
         if file.path.as_os_str().is_empty() {
             return Err("sink.path must not be empty".into());
@@ -129,6 +140,12 @@ impl SinkConfig {
             SinkConfig::File(config) => {
                 ConfiguredSink::File(FileSink::open_resuming(config.clone(), resume).await?)
             }
+            SinkConfig::Kafka(config) => {
+                ConfiguredSink::Kafka(KafkaSink::connect(config.clone()).await?)
+            }
+            SinkConfig::Otlp(config) => {
+                ConfiguredSink::Otlp(Box::new(OtlpSink::connect(config.clone()).await?))
+            }
         })
     }
 }
@@ -139,14 +156,17 @@ impl SinkConfig {
 pub enum ConfiguredSink {
     Stdout(StdoutSink),
     File(FileSink),
+    Kafka(KafkaSink),
+    // Boxed: the gRPC client makes it several times larger than the other sinks.
+    Otlp(Box<OtlpSink>),
 }
 
 impl ConfiguredSink {
     /// The position to store in the checkpoint: `Some` for the file sink only.
     pub fn position(&self) -> Option<FilePosition> {
         match self {
-            ConfiguredSink::Stdout(_) => None,
             ConfiguredSink::File(file) => Some(file.position()),
+            ConfiguredSink::Stdout(_) | ConfiguredSink::Kafka(_) | ConfiguredSink::Otlp(_) => None,
         }
     }
 }
@@ -156,6 +176,8 @@ impl Sink for ConfiguredSink {
         match self {
             ConfiguredSink::Stdout(sink) => sink.name(),
             ConfiguredSink::File(sink) => sink.name(),
+            ConfiguredSink::Kafka(sink) => sink.name(),
+            ConfiguredSink::Otlp(sink) => sink.name(),
         }
     }
 
@@ -163,6 +185,8 @@ impl Sink for ConfiguredSink {
         match self {
             ConfiguredSink::Stdout(sink) => sink.deliver(batch),
             ConfiguredSink::File(sink) => sink.deliver(batch),
+            ConfiguredSink::Kafka(sink) => sink.deliver(batch),
+            ConfiguredSink::Otlp(sink) => sink.deliver(batch),
         }
     }
 }

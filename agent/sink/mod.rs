@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod file;
+pub mod kafka;
+pub mod otlp;
 pub mod stdout;
 
 pub use config::{ConfiguredSink, FileSinkConfig, SinkConfig};
