@@ -72,7 +72,7 @@ pub struct LogStream {
     decoder: Decoder,
     joiner: Joiner,
     assembler: Assembler,
-    ctx: FileContext,
+    ctx: Contexts,
     /// The current file's fingerprint is taken from its first line (the tailer gives it instead).
     fingerprint_pending: bool,
     /// Stats of the decoders of files already finished (each file has its own decoder).
@@ -80,12 +80,32 @@ pub struct LogStream {
     settings: Settings,
 }
 
+/// The current file's identity, and the previous file's for an Envoy message that began there
+/// and was still being joined when the file ended (kubelet rotates between container lines, and
+/// one Envoy message spans several).
+#[derive(Serialize, serde::Deserialize, Default)]
+struct Contexts {
+    current: FileContext,
+    previous: Option<FileContext>,
+    /// The joiner's number for the current file.
+    current_seq: u32,
+}
+
+impl Contexts {
+    fn for_msg(&self, msg: &crate::envoy::LuaMessage<'_>) -> &FileContext {
+        match &self.previous {
+            Some(previous) if msg.file_seq != self.current_seq => previous,
+            _ => &self.current,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct StateRef<'a> {
     decoder: &'a Decoder,
     joiner: &'a Joiner,
     assembler: &'a Assembler,
-    ctx: &'a FileContext,
+    ctx: &'a Contexts,
     fingerprint_pending: bool,
 }
 
@@ -94,7 +114,7 @@ struct StateOwned {
     decoder: Decoder,
     joiner: Joiner,
     assembler: Assembler,
-    ctx: FileContext,
+    ctx: Contexts,
     fingerprint_pending: bool,
 }
 
@@ -107,9 +127,12 @@ impl LogStream {
             decoder: Decoder::new(settings.format, settings.max_line_bytes),
             joiner: Joiner::new(settings.max_message_bytes),
             assembler: Assembler::new(settings.limits),
-            ctx: FileContext {
-                k8s,
-                ..FileContext::default()
+            ctx: Contexts {
+                current: FileContext {
+                    k8s,
+                    ..FileContext::default()
+                },
+                ..Contexts::default()
             },
             fingerprint_pending: true,
             decode_done: DecodeStats::default(),
@@ -159,16 +182,23 @@ impl LogStream {
             &mut self.assembler,
             &self.ctx,
         );
-        decoder.finish(&mut |line| joiner.push(&line, &mut |msg| assembler.push(ctx, msg, out)));
+        decoder.finish(&mut |line| {
+            joiner.push(&line, &mut |msg| assembler.push(ctx.for_msg(msg), msg, out))
+        });
         add_decode(&mut self.decode_done, self.decoder.stats());
         self.decoder = Decoder::new(self.settings.format, self.settings.max_line_bytes);
-        self.ctx.file = path.display().to_string();
-        if self.ctx.k8s.is_none() {
-            self.ctx.k8s = meta_from_log_path(path);
+        let mut next = FileContext {
+            file: path.display().to_string(),
+            fingerprint: fingerprint.unwrap_or_default(),
+            k8s: self.ctx.current.k8s.clone(),
+            format: None,
+        };
+        if next.k8s.is_none() {
+            next.k8s = meta_from_log_path(path);
         }
-        self.ctx.format = None;
+        self.ctx.previous = Some(std::mem::replace(&mut self.ctx.current, next));
+        self.ctx.current_seq = self.joiner.next_file();
         self.fingerprint_pending = fingerprint.is_none();
-        self.ctx.fingerprint = fingerprint.unwrap_or_default();
     }
 
     /// Feeds one physical line of the current file.
@@ -176,20 +206,21 @@ impl LogStream {
         if self.fingerprint_pending {
             // Only the first line of a file names it: see FileContext::fingerprint.
             self.fingerprint_pending = false;
-            self.ctx.fingerprint = crate::read::fingerprint(line.bytes);
+            self.ctx.current.fingerprint = crate::read::fingerprint(line.bytes);
         }
         let (joiner, assembler, ctx) = (&mut self.joiner, &mut self.assembler, &self.ctx);
         self.decoder.push(line, &mut |line| {
-            joiner.push(&line, &mut |msg| assembler.push(ctx, msg, out))
+            joiner.push(&line, &mut |msg| assembler.push(ctx.for_msg(msg), msg, out))
         });
-        self.ctx.format = self.decoder.format();
+        self.ctx.current.format = self.decoder.format();
     }
 
     /// Ends the Envoy messages still being joined: while tailing, a quiet log means the last
     /// message is whole (Envoy writes a message in one write).
     pub fn flush_messages(&mut self, out: &mut dyn FnMut(Exchange)) {
         let (assembler, ctx) = (&mut self.assembler, &self.ctx);
-        self.joiner.flush(&mut |msg| assembler.push(ctx, msg, out));
+        self.joiner
+            .flush(&mut |msg| assembler.push(ctx.for_msg(msg), msg, out));
     }
 
     /// Exchanges waiting for their end.
@@ -220,8 +251,11 @@ impl LogStream {
             &mut self.assembler,
             &self.ctx,
         );
-        decoder.finish(&mut |line| joiner.push(&line, &mut |msg| assembler.push(ctx, msg, out)));
-        self.joiner.flush(&mut |msg| assembler.push(ctx, msg, out));
+        decoder.finish(&mut |line| {
+            joiner.push(&line, &mut |msg| assembler.push(ctx.for_msg(msg), msg, out))
+        });
+        self.joiner
+            .flush(&mut |msg| assembler.push(ctx.for_msg(msg), msg, out));
         self.assembler.finish(out);
     }
 

@@ -291,6 +291,7 @@ impl Assembler {
                 end: start.end,
                 truncated: false,
                 altered: false,
+                file_seq: 0,
             };
             self.end(st, target, &end_msg, out);
         }
@@ -422,6 +423,60 @@ impl Assembler {
         out(finish(p));
     }
 
+    /// The log ended right after `showing bodyChunks`: the empty end-of-body chunk, or a chunk
+    /// whose text was never logged. `content-length` tells which when present; the body-only
+    /// variant ends a direction with `finished`, so there the direction did not end.
+    fn end_at_eof(
+        &mut self,
+        st: &mut ThreadState,
+        target: DirRef,
+        thread: Option<u64>,
+        out: &mut dyn FnMut(Exchange),
+    ) {
+        let Some(dir) = self.direction(target) else {
+            return;
+        };
+        let Some(headers) = &dir.headers else {
+            return;
+        };
+        let length = headers
+            .get("content-length")
+            .and_then(|v| v.first())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        match length {
+            Some(length) if dir.body_size < length => {
+                dir.truncate(format!(
+                    "the log ended after {} of {length} body bytes (content-length)",
+                    dir.body_size
+                ));
+                return;
+            }
+            Some(_) => {}
+            None => {
+                if let Some(p) = self.exchanges.get_mut(&target.key) {
+                    p.exchange.warn(
+                        "the log ended right after `showing bodyChunks`: if a last body chunk followed, \
+                         it was not logged",
+                    );
+                }
+            }
+        }
+        let time = String::new();
+        let msg = LuaMessage {
+            layout: crate::envoy::Layout::Envoy,
+            level: crate::envoy::Level::Warning,
+            thread,
+            time: &time,
+            text: b"",
+            offset: 0,
+            end: 0,
+            truncated: false,
+            altered: false,
+            file_seq: 0,
+        };
+        self.end(st, target, &msg, out);
+    }
+
     /// End of input: resolve what is pending, then emit every exchange left, oldest first.
     pub fn finish(&mut self, out: &mut dyn FnMut(Exchange)) {
         let threads: Vec<_> = self.threads.keys().copied().collect();
@@ -432,19 +487,7 @@ impl Assembler {
                 self.open(thread, &mut st, start, response, None, out);
             }
             if let Some(target) = st.showing.take() {
-                let time = String::new();
-                let msg = LuaMessage {
-                    layout: crate::envoy::Layout::Envoy,
-                    level: crate::envoy::Level::Warning,
-                    thread,
-                    time: &time,
-                    text: b"",
-                    offset: 0,
-                    end: 0,
-                    truncated: false,
-                    altered: false,
-                };
-                self.end(&mut st, target, &msg, out);
+                self.end_at_eof(&mut st, target, thread, out);
             }
         }
         while let Some((_, mut p)) = self.exchanges.pop_first() {

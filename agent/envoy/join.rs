@@ -45,6 +45,8 @@ struct StreamState {
     end: u64,
     truncated: bool,
     altered: bool,
+    #[serde(default)]
+    file_seq: u32,
 }
 
 impl StreamState {
@@ -60,6 +62,7 @@ impl StreamState {
             end: 0,
             truncated: false,
             altered: false,
+            file_seq: 0,
         }
     }
 }
@@ -69,6 +72,9 @@ impl StreamState {
 pub struct Joiner {
     streams: [StreamState; 2],
     max_message_bytes: usize,
+    /// Counts the files of the stream; stamped on each message at its first line.
+    #[serde(default)]
+    file_seq: u32,
     #[serde(skip)]
     stats: EnvoyStats,
 }
@@ -78,12 +84,24 @@ impl Joiner {
         Joiner {
             streams: [StreamState::new(), StreamState::new()],
             max_message_bytes,
+            file_seq: 0,
             stats: EnvoyStats::default(),
         }
     }
 
     pub fn stats(&self) -> &EnvoyStats {
         &self.stats
+    }
+
+    /// The next lines come from the stream's next file; returns its number.
+    pub fn next_file(&mut self) -> u32 {
+        self.file_seq = self.file_seq.wrapping_add(1);
+        self.file_seq
+    }
+
+    /// The number of the current file.
+    pub fn file_seq(&self) -> u32 {
+        self.file_seq
     }
 
     /// Feeds one container line; complete Lua messages are passed to `out`.
@@ -122,6 +140,7 @@ impl Joiner {
         st.end = line.end;
         st.truncated = line.truncated;
         st.altered = header.altered;
+        st.file_seq = self.file_seq;
         append_capped(st, text, cap, &mut self.stats);
         if header.complete {
             Self::flush_stream(st, &mut self.stats, out);
@@ -187,6 +206,7 @@ impl Joiner {
                 end: st.end,
                 truncated: st.truncated,
                 altered: st.altered,
+                file_seq: st.file_seq,
             });
         }
         st.pending = Pending::None;

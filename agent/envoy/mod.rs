@@ -28,4 +28,7 @@ pub struct LuaMessage<'a> {
     /// The message's bytes were changed on the way (Istio's JSON layout writes invalid UTF-8 raw,
     /// which is read with replacement characters).
     pub altered: bool,
+    /// Which file of the stream the message's first line was in ([`Joiner::next_file`]): a
+    /// message still being joined when a file ends belongs to that file, not the next.
+    pub file_seq: u32,
 }

@@ -78,6 +78,7 @@ mod tests {
             end: 0,
             truncated: false,
             altered: false,
+            file_seq: 0,
         }
     }
 

@@ -40,8 +40,9 @@ pub struct Ack {
 pub enum RunError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("cannot start the sink: {0}")]
-    Sink(#[from] crate::sink::SinkError),
+    // The source is printed after the message by the caller's error chain.
+    #[error("cannot start the sink")]
+    Sink(#[source] crate::sink::SinkError),
     #[error("cannot listen on {addr} for metrics and health: {source}")]
     Ops {
         addr: std::net::SocketAddr,
@@ -88,7 +89,14 @@ async fn run_async(config: Config) -> Result<(), RunError> {
         None
     };
 
-    let sink = config.sink.build(checkpoint.sink_position.clone()).await?;
+    let sink = config
+        .sink
+        .build(checkpoint.sink_position.clone())
+        .await
+        .map_err(RunError::Sink)?;
+    // Where the file sink stands now (after rolling back to the checkpoint): the first checkpoint
+    // must record it too, or a crash before the first acknowledgement could not roll back.
+    let sink_position = sink.position();
     let (batch_tx, batch_rx) = tokio::sync::mpsc::channel::<Batch>(config.agent.queue_batches);
     let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Ack>();
     let deliver_task = tokio::spawn(deliver::deliver(
@@ -105,19 +113,34 @@ async fn run_async(config: Config) -> Result<(), RunError> {
         &config,
         store,
         checkpoint,
+        sink_position,
         batch_tx,
         ack_rx,
         metrics.clone(),
         stop.clone(),
     );
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let reader_thread = std::thread::Builder::new()
         .name("meshtap-reader".into())
-        .spawn(move || reader.run())
+        .spawn(move || {
+            let result = reader.run();
+            let _ = done_tx.send(());
+            result
+        })
         .map_err(|e| RunError::Reader(e.to_string()))?;
     ops_state.set_ready(true);
 
-    wait_for_signal().await;
-    tracing::info!("Shutting down: delivering what was read and writing the last checkpoint.");
+    // Normally the reader runs until a signal; if it stops by itself (a checkpoint it cannot
+    // write, a panic), the agent stops too instead of idling without reading.
+    let mut done_rx = done_rx;
+    tokio::select! {
+        _ = wait_for_signal() => {
+            tracing::info!("Shutting down: delivering what was read and writing the last checkpoint.");
+        }
+        _ = &mut done_rx => {
+            tracing::error!("The reader stopped unexpectedly; shutting down.");
+        }
+    }
     ops_state.set_ready(false);
     stop.store(true, Ordering::SeqCst);
 

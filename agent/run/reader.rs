@@ -95,6 +95,7 @@ impl Reader {
         config: &Config,
         store: Store,
         checkpoint: Checkpoint,
+        sink_position: Option<crate::sink::FilePosition>,
         batches: mpsc::Sender<Batch>,
         acks: std::sync::mpsc::Receiver<Ack>,
         metrics: Arc<Metrics>,
@@ -126,7 +127,7 @@ impl Reader {
             batch: Vec::new(),
             sent_seq: 0,
             acked_seq: 0,
-            sink_position: checkpoint.sink_position,
+            sink_position,
             waiting: None,
             dirty: true,
         }
@@ -134,6 +135,17 @@ impl Reader {
 
     /// Runs until `stop` is set, then hands over what was read and writes the last checkpoint.
     pub fn run(mut self) -> Result<(), String> {
+        // Before anything is delivered, the checkpoint must name the sink's position: a crash
+        // before the first regular checkpoint then rolls the file sink back to it, and the
+        // exchanges read again are not written twice.
+        let initial = Checkpoint {
+            streams: std::mem::take(&mut self.saved),
+            sink_position: self.sink_position.clone(),
+        };
+        match self.store.save(initial) {
+            Ok(saved) => self.saved = saved.streams,
+            Err(error) => return Err(error.to_string()),
+        }
         let mut last_scan: Option<Instant> = None;
         let mut last_checkpoint = Instant::now();
         let mut last_expire = Instant::now();
