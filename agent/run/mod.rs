@@ -67,7 +67,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
 
 async fn run_async(config: Config) -> Result<(), RunError> {
     let store = Store::open(&config.agent.state_dir)?;
-    let checkpoint = store.load()?;
+    let mut checkpoint = store.load()?;
     let metrics = Arc::new(Metrics::new());
     let ops_state = Arc::new(OpsState::new(metrics.clone()));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -96,7 +96,7 @@ async fn run_async(config: Config) -> Result<(), RunError> {
         .map_err(RunError::Sink)?;
     // Where the file sink stands now (after rolling back to the checkpoint): the first checkpoint
     // must record it too, or a crash before the first acknowledgement could not roll back.
-    let sink_position = sink.position();
+    checkpoint.sink_position = sink.position();
     let (batch_tx, batch_rx) = tokio::sync::mpsc::channel::<Batch>(config.agent.queue_batches);
     let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Ack>();
     let deliver_task = tokio::spawn(deliver::deliver(
@@ -113,7 +113,6 @@ async fn run_async(config: Config) -> Result<(), RunError> {
         &config,
         store,
         checkpoint,
-        sink_position,
         batch_tx,
         ack_rx,
         metrics.clone(),

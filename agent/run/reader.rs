@@ -95,7 +95,6 @@ impl Reader {
         config: &Config,
         store: Store,
         checkpoint: Checkpoint,
-        sink_position: Option<crate::sink::FilePosition>,
         batches: mpsc::Sender<Batch>,
         acks: std::sync::mpsc::Receiver<Ack>,
         metrics: Arc<Metrics>,
@@ -127,7 +126,7 @@ impl Reader {
             batch: Vec::new(),
             sent_seq: 0,
             acked_seq: 0,
-            sink_position,
+            sink_position: checkpoint.sink_position,
             waiting: None,
             dirty: true,
         }
