@@ -178,6 +178,9 @@ pub struct AgentConfig {
     pub read_budget_bytes: usize,
     /// Exchanges per batch handed to the sink.
     pub batch_max_records: usize,
+    /// Approximate bytes per batch (bodies plus ~1 KiB a record): with `queue_batches`, this
+    /// bounds the memory held for a slow sink.
+    pub batch_max_bytes: usize,
     /// Batches queued for the sink; when full, reading pauses (bounded memory under a slow sink).
     pub queue_batches: usize,
     /// Seconds allowed on SIGTERM to deliver what was read and write the last checkpoint.
@@ -196,6 +199,7 @@ impl Default for AgentConfig {
             checkpoint_interval_ms: 1000,
             read_budget_bytes: 1 << 20,
             batch_max_records: 512,
+            batch_max_bytes: 1 << 20,
             queue_batches: 8,
             // Kubernetes' default terminationGracePeriodSeconds is 30.
             shutdown_grace_seconds: 20,
@@ -253,6 +257,7 @@ impl Config {
             ),
             ("agent.read_budget_bytes", a.read_budget_bytes),
             ("agent.batch_max_records", a.batch_max_records),
+            ("agent.batch_max_bytes", a.batch_max_bytes),
             ("agent.queue_batches", a.queue_batches),
         ];
         for (name, value) in positive {
@@ -342,12 +347,14 @@ mod tests {
             (
                 s.read_budget_bytes,
                 s.batch_max_records,
+                s.batch_max_bytes,
                 s.queue_batches,
                 s.shutdown_grace_seconds
             ),
             (
                 d.read_budget_bytes,
                 d.batch_max_records,
+                d.batch_max_bytes,
                 d.queue_batches,
                 d.shutdown_grace_seconds
             )

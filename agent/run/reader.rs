@@ -67,6 +67,7 @@ pub struct Reader {
     max_pending_total: usize,
     read_budget: usize,
     batch_max: usize,
+    batch_max_bytes: usize,
     grace: Duration,
     streams: BTreeMap<StreamKey, Entry>,
     /// Streams of the loaded checkpoint not yet matched to a discovered stream.
@@ -79,6 +80,8 @@ pub struct Reader {
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     batch: Vec<Exchange>,
+    /// Approximate size of `batch` (bodies plus a fixed overhead per record).
+    batch_bytes: usize,
     sent_seq: u64,
     acked_seq: u64,
     sink_position: Option<crate::sink::FilePosition>,
@@ -113,6 +116,7 @@ impl Reader {
             max_pending_total: config.assembly.max_pending_total,
             read_budget: a.read_budget_bytes,
             batch_max: a.batch_max_records,
+            batch_max_bytes: a.batch_max_bytes,
             grace: Duration::from_secs(a.shutdown_grace_seconds),
             streams: BTreeMap::new(),
             saved: checkpoint.streams,
@@ -124,6 +128,7 @@ impl Reader {
             metrics,
             stop,
             batch: Vec::new(),
+            batch_bytes: 0,
             sent_seq: 0,
             acked_seq: 0,
             sink_position: checkpoint.sink_position,
@@ -160,7 +165,10 @@ impl Reader {
             }
             let progressed = self.read_round(expire);
             self.dirty |= progressed || !self.batch.is_empty();
-            if !self.send_batch(self.batch.len() >= self.batch_max || !progressed) {
+            self.batch_bytes = self.batch.iter().map(approx_size).sum();
+            let full =
+                self.batch.len() >= self.batch_max || self.batch_bytes >= self.batch_max_bytes;
+            if !self.send_batch(full || !progressed) {
                 break;
             }
             self.process_acks();
@@ -546,6 +554,12 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// Roughly what a record costs in memory and on the wire: its bodies plus headers and fields.
+fn approx_size(ex: &Exchange) -> usize {
+    let body = |d: &Option<crate::record::Direction>| d.as_ref().map_or(0, |d| d.body.len());
+    1024 + body(&ex.request) + body(&ex.response)
 }
 
 /// Every exchange leaves the pipeline here: counted, then batched for the sink.
