@@ -2,6 +2,7 @@
 //! `support`. Run with `cargo test --test tests`; `scripts/install-test-deps.sh` installs Envoy
 //! (the harness runs it when Envoy is missing; `MESHTAP_ENVOY` points at another binary).
 
+mod agent;
 mod real_envoy;
 mod support;
 

@@ -20,7 +20,7 @@ use crate::pipeline::LogStreamState;
 pub use crate::tail::Position;
 
 /// What is saved for one container log stream (one container, one restart count).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StreamCheckpoint {
     /// The container log directory.
     pub dir: PathBuf,

@@ -66,6 +66,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
 }
 
 async fn run_async(config: Config) -> Result<(), RunError> {
+    // Signal handlers first: from the first moment (and surely once /readyz says ready) a
+    // SIGTERM means a graceful stop, not the default termination.
+    let signals = Signals::install();
     let store = Store::open(&config.agent.state_dir)?;
     let mut checkpoint = store.load()?;
     let metrics = Arc::new(Metrics::new());
@@ -133,7 +136,7 @@ async fn run_async(config: Config) -> Result<(), RunError> {
     // write, a panic), the agent stops too instead of idling without reading.
     let mut done_rx = done_rx;
     tokio::select! {
-        _ = wait_for_signal() => {
+        _ = signals.recv() => {
             tracing::info!("Shutting down: delivering what was read and writing the last checkpoint.");
         }
         _ = &mut done_rx => {
@@ -163,20 +166,32 @@ async fn run_async(config: Config) -> Result<(), RunError> {
     result
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+/// SIGTERM and SIGINT, registered when created (so none is missed once the agent says ready).
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+    }
+
+    async fn recv(mut self) {
+        match (self.term.as_mut(), self.int.as_mut()) {
+            (Some(term), Some(int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -414,7 +414,12 @@ impl Reader {
         if !self.send_batch(true) {
             return;
         }
-        let mut checkpoint = Checkpoint::default();
+        // Streams of the loaded checkpoint not found again yet (a scan failed, or stop came
+        // first) keep their saved position: writing without them would re-read those pods.
+        let mut checkpoint = Checkpoint {
+            streams: self.saved.clone(),
+            sink_position: None,
+        };
         for e in self.streams.values() {
             if e.finished {
                 continue;

@@ -426,21 +426,28 @@ impl Follower {
     /// Opens the next file to read: the checkpointed one when resuming, else the oldest file
     /// after the newest one already read. False when there is none (yet).
     fn open_next(&mut self, out: &mut dyn FnMut(TailEvent<'_>)) -> io::Result<bool> {
-        let files = self.list()?;
+        let mut files = self.list()?;
         if let Some(pos) = self.resume {
-            let mut older = Vec::new();
-            for f in &files {
-                let Some(c) = self.inspect(f)? else { continue };
-                if c.fp == Some(pos.fingerprint) {
-                    // What comes before the checkpoint was read before it.
-                    for fp in older {
-                        self.mark_done(fp);
-                    }
-                    self.resume = None;
-                    self.start(c, Some(pos), out)?;
-                    return Ok(true);
+            // Twice: kubelet may compress the checkpointed file (new `.gz`, original deleted)
+            // between the listing and the look inside; a second listing finds the `.gz`.
+            for attempt in 0..2 {
+                if attempt == 1 {
+                    files = self.list()?;
                 }
-                older.extend(c.fp);
+                let mut older = Vec::new();
+                for f in &files {
+                    let Some(c) = self.inspect(f)? else { continue };
+                    if c.fp == Some(pos.fingerprint) {
+                        // What comes before the checkpoint was read before it.
+                        for fp in older {
+                            self.mark_done(fp);
+                        }
+                        self.resume = None;
+                        self.start(c, Some(pos), out)?;
+                        return Ok(true);
+                    }
+                    older.extend(c.fp);
+                }
             }
             self.resume = None;
             out(TailEvent::Lost {

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod envoy;
+pub mod live_writer;
 pub mod manifests;
 pub mod meshtap;
 pub mod runtime;
