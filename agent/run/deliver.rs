@@ -11,6 +11,11 @@ use super::{Ack, Batch};
 use crate::ops::{Metrics, OpsState};
 use crate::sink::{deliver_with_retry, Backoff, ConfiguredSink, Sink};
 
+/// A batch not acknowledged for this long means the backend is down or too slow: the agent says
+/// so on /readyz and in `meshtap_sink_up`, even while the sink itself is still waiting (Kafka's
+/// producer waits up to `message_timeout_ms` before it reports a failure).
+const STALL: Duration = Duration::from_secs(10);
+
 /// First retry after 100 ms, doubling up to 30 s: quick recovery from a blip, no hammering of a
 /// backend that is down.
 fn backoff() -> Backoff {
@@ -30,7 +35,7 @@ pub async fn deliver(
     while let Some(batch) = batches.recv().await {
         let started = Instant::now();
         let mut backoff = backoff();
-        let result = deliver_with_retry(
+        let delivery = deliver_with_retry(
             &mut sink,
             &batch.exchanges,
             &mut backoff,
@@ -41,8 +46,20 @@ pub async fn deliver(
                 metrics.sink_up(name, false);
                 ops.set_not_ready_reason(Some(format!("sink {name} is failing: {error}")));
             },
-        )
-        .await;
+        );
+        tokio::pin!(delivery);
+        let result = tokio::select! {
+            result = &mut delivery => result,
+            _ = tokio::time::sleep(STALL) => {
+                tracing::warn!(sink = name, seconds = STALL.as_secs(), "A batch is still not acknowledged; reading pauses when the queue is full.");
+                metrics.sink_up(name, false);
+                ops.set_not_ready_reason(Some(format!(
+                    "sink {name} has not acknowledged a batch for {}s",
+                    STALL.as_secs()
+                )));
+                delivery.await
+            }
+        };
         if result.is_err() {
             tracing::warn!(
                 sink = name,
