@@ -35,29 +35,31 @@ pub async fn deliver(
     while let Some(batch) = batches.recv().await {
         let started = Instant::now();
         let mut backoff = backoff();
-        let delivery = deliver_with_retry(
-            &mut sink,
-            &batch.exchanges,
-            &mut backoff,
-            &shutdown,
-            |error| {
-                tracing::warn!(sink = name, %error, "Could not deliver a batch; retrying.");
-                metrics.sink_batch(name, false, 0, started.elapsed());
-                metrics.sink_up(name, false);
-                ops.set_not_ready_reason(Some(format!("sink {name} is failing: {error}")));
-            },
-        );
-        tokio::pin!(delivery);
-        let result = tokio::select! {
-            result = &mut delivery => result,
-            _ = tokio::time::sleep(STALL) => {
-                tracing::warn!(sink = name, seconds = STALL.as_secs(), "A batch is still not acknowledged; reading pauses when the queue is full.");
-                metrics.sink_up(name, false);
-                ops.set_not_ready_reason(Some(format!(
-                    "sink {name} has not acknowledged a batch for {}s",
-                    STALL.as_secs()
-                )));
-                delivery.await
+        let result = {
+            let delivery = deliver_with_retry(
+                &mut sink,
+                &batch.exchanges,
+                &mut backoff,
+                &shutdown,
+                |error| {
+                    tracing::warn!(sink = name, %error, "Could not deliver a batch; retrying.");
+                    metrics.sink_batch(name, false, 0, started.elapsed());
+                    metrics.sink_up(name, false);
+                    ops.set_not_ready_reason(Some(format!("sink {name} is failing: {error}")));
+                },
+            );
+            tokio::pin!(delivery);
+            tokio::select! {
+                result = &mut delivery => result,
+                _ = tokio::time::sleep(STALL) => {
+                    tracing::warn!(sink = name, seconds = STALL.as_secs(), "A batch is still not acknowledged; reading pauses when the queue is full.");
+                    metrics.sink_up(name, false);
+                    ops.set_not_ready_reason(Some(format!(
+                        "sink {name} has not acknowledged a batch for {}s",
+                        STALL.as_secs()
+                    )));
+                    delivery.await
+                }
             }
         };
         if result.is_err() {
