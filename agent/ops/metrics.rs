@@ -38,8 +38,10 @@ pub mod skip {
     pub const EXPIRED: &str = "expired";
     /// Log data removed (rotated away, deleted, truncated) before the agent could read it.
     pub const LOST_LOG_DATA: &str = "lost_log_data";
+    /// A record larger than Kafka's `max_message_bytes` even with empty bodies, not sent.
+    pub const SINK_REJECTED: &str = "sink_rejected";
     /// All of them, created at zero so dashboards see every series from the start.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         MALFORMED_LINE,
         STRAY_LINE,
         UNATTRIBUTED_V1,
@@ -48,6 +50,7 @@ pub mod skip {
         EVICTED,
         EXPIRED,
         LOST_LOG_DATA,
+        SINK_REJECTED,
     ];
 }
 

@@ -32,6 +32,7 @@ pub async fn deliver(
 ) {
     let name = sink.name();
     metrics.sink_up(name, true);
+    let mut rejected = 0;
     while let Some(batch) = batches.recv().await {
         let started = Instant::now();
         let mut backoff = backoff();
@@ -71,6 +72,12 @@ pub async fn deliver(
             break;
         }
         metrics.sink_batch(name, true, batch.exchanges.len() as u64, started.elapsed());
+        let now_rejected = sink.rejected();
+        metrics.skipped(
+            crate::ops::metrics::skip::SINK_REJECTED,
+            now_rejected - rejected,
+        );
+        rejected = now_rejected;
         metrics.sink_up(name, true);
         ops.set_not_ready_reason(None);
         let ack = Ack {

@@ -162,6 +162,14 @@ pub enum ConfiguredSink {
 }
 
 impl ConfiguredSink {
+    /// Records the sink refused to send for good so far (Kafka's oversize records), for metrics.
+    pub fn rejected(&self) -> u64 {
+        match self {
+            ConfiguredSink::Kafka(kafka) => kafka.rejected(),
+            _ => 0,
+        }
+    }
+
     /// The position to store in the checkpoint: `Some` for the file sink only.
     pub fn position(&self) -> Option<FilePosition> {
         match self {
