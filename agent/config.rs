@@ -53,7 +53,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// Level filter (`error`, `warn`, `info`, `debug`, or a tracing directive such as
-    /// `meshtap::run=debug`); the `MESHTAP_LOG` environment variable overrides it.
+    /// `meshtap::run=debug`); the `MESHTAP_LOG` (or `RUST_LOG`) environment variable overrides it.
     pub level: String,
     /// `text` or `json`.
     pub format: LogFormat,

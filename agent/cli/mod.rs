@@ -26,10 +26,12 @@ pub enum Command {
     Run(run::RunArgs),
 }
 
-/// Sets up meshtap's own diagnostic log on stderr: `MESHTAP_LOG` overrides `level`.
+/// Sets up meshtap's own diagnostic log on stderr: `MESHTAP_LOG`, else `RUST_LOG`, overrides
+/// `level`.
 pub fn init_logging(level: &str, format: crate::config::LogFormat) {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESHTAP_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
