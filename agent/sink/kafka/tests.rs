@@ -520,3 +520,16 @@ async fn bad_settings_fail_before_connecting() {
         "{e}"
     );
 }
+
+/// TLS must be usable: librdkafka is built with OpenSSL (rdkafka's `ssl-vendored` feature), so a
+/// producer with `security.protocol: ssl` is created instead of failing with "OpenSSL not
+/// available at build time".
+#[test]
+fn tls_is_built_in() {
+    let mut config = KafkaSinkConfig::new("127.0.0.1:1");
+    config
+        .librdkafka_options
+        .insert("security.protocol".into(), "ssl".into());
+    let producer: Result<rdkafka::producer::BaseProducer, _> = config.client_config().create();
+    assert!(producer.is_ok(), "{:?}", producer.err());
+}
