@@ -257,25 +257,8 @@ impl Envoy {
         panic!("Envoy did not start:\n{}", failures.join("\n"));
     }
 
-    /// Polls the listener until it accepts a connection (or Envoy exits, or `timeout` passes).
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                return Err(format!("envoy exited during startup: {status}"));
-            }
-            if TcpStream::connect_timeout(&self.listener, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "listener {} not ready after {timeout:?}",
-                    self.listener
-                ));
-            }
-            // Polling interval, not a readiness guess: the loop ends as soon as the port accepts.
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listener(self.child.as_mut().unwrap(), self.listener, timeout)
     }
 
     /// Sends SIGTERM, waits for Envoy to exit and returns everything it wrote to stderr (EOF on
@@ -320,5 +303,27 @@ impl Drop for Envoy {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Polls `listener` until it accepts a connection (or `child` exits, or `timeout` passes).
+pub fn wait_listener(
+    child: &mut std::process::Child,
+    listener: std::net::SocketAddr,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(format!("envoy exited during startup: {status}"));
+        }
+        if TcpStream::connect_timeout(&listener, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("listener {listener} not ready after {timeout:?}"));
+        }
+        // Polling interval, not a readiness guess: the loop ends as soon as the port accepts.
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -6,9 +6,10 @@
 //! [`super::envoy::Envoy`] collects stderr until Envoy exits; this one hands it to the log while
 //! Envoy runs, so an agent tailing the log sees it grow, rotate and compress under its feet.
 
+use super::envoy::wait_listener;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -130,23 +131,7 @@ impl LiveEnvoy {
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                return Err(format!("envoy exited during startup: {status}"));
-            }
-            if TcpStream::connect_timeout(&self.listener, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "listener {} not ready after {timeout:?}",
-                    self.listener
-                ));
-            }
-            // Polling interval, not a readiness guess: the loop ends as soon as the port accepts.
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listener(self.child.as_mut().unwrap(), self.listener, timeout)
     }
 
     /// SIGTERM, waits for Envoy to exit and for the writer to write its last line (EOF on the
