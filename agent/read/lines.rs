@@ -203,15 +203,7 @@ impl Lines {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, PartialEq, Eq)]
-    struct Owned {
-        bytes: Vec<u8>,
-        offset: u64,
-        end: u64,
-        truncated: bool,
-        terminated: bool,
-    }
+    use crate::read::tests::{naive, Owned};
 
     fn owned(lines: &Lines, s: Span) -> Owned {
         Owned {
@@ -221,28 +213,6 @@ mod tests {
             truncated: s.truncated,
             terminated: s.terminated,
         }
-    }
-
-    /// The obviously correct split (the same as `read`'s tests use).
-    fn naive(data: &[u8], max: usize) -> Vec<Owned> {
-        let mut v = Vec::new();
-        let mut at = 0usize;
-        while at < data.len() {
-            let (len, terminated) = match data[at..].iter().position(|&b| b == b'\n') {
-                Some(i) => (i, true),
-                None => (data.len() - at, false),
-            };
-            let end = at + len + usize::from(terminated);
-            v.push(Owned {
-                bytes: data[at..at + len.min(max)].to_vec(),
-                offset: at as u64,
-                end: end as u64,
-                truncated: len > max,
-                terminated,
-            });
-            at = end;
-        }
-        v
     }
 
     /// Feeds `data` in reads of at most `step` bytes, takes the rest as a partial line at the end.

@@ -196,7 +196,7 @@ pub fn fingerprint(first_line: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::lines::CHUNK;
     use super::*;
     use flate2::write::GzEncoder;
@@ -204,12 +204,12 @@ mod tests {
     use std::io::Write;
 
     #[derive(Debug, Clone, PartialEq, Eq)]
-    struct Owned {
-        bytes: Vec<u8>,
-        offset: u64,
-        end: u64,
-        truncated: bool,
-        terminated: bool,
+    pub(crate) struct Owned {
+        pub(crate) bytes: Vec<u8>,
+        pub(crate) offset: u64,
+        pub(crate) end: u64,
+        pub(crate) truncated: bool,
+        pub(crate) terminated: bool,
     }
 
     fn owned(l: PhysicalLine<'_>) -> Owned {
@@ -247,7 +247,7 @@ mod tests {
     }
 
     /// The obviously correct split, to compare the buffered reader against.
-    fn naive(data: &[u8], max: usize) -> Vec<Owned> {
+    pub(crate) fn naive(data: &[u8], max: usize) -> Vec<Owned> {
         let mut v = Vec::new();
         let mut at = 0usize;
         while at < data.len() {
