@@ -88,6 +88,8 @@ pub struct Reader {
     /// A snapshot waiting for the acknowledgement of batch `.0`, with each stream's bytes read
     /// at the snapshot.
     waiting: Option<(u64, Checkpoint, ReadAt)>,
+    /// When the shutdown's grace period ends (set when the stop is first seen).
+    shutdown_deadline: Option<Instant>,
     /// Something changed since the last snapshot (data read, exchanges emitted, streams added or
     /// ended): the checkpoint is written only then.
     dirty: bool,
@@ -133,6 +135,7 @@ impl Reader {
             acked_seq: 0,
             sink_position: checkpoint.sink_position,
             waiting: None,
+            shutdown_deadline: None,
             dirty: true,
         }
     }
@@ -364,23 +367,25 @@ impl Reader {
             seq: self.sent_seq + 1,
             exchanges: std::mem::take(&mut self.batch),
         };
-        let mut deadline: Option<Instant> = None;
         loop {
             match self.batches.try_send(batch) {
                 Ok(()) => {
                     self.sent_seq += 1;
                     return true;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Closed(b)) => {
+                    // Kept: no checkpoint may cover exchanges that were never handed over.
+                    self.batch = b.exchanges;
+                    return false;
+                }
                 Err(mpsc::error::TrySendError::Full(b)) => {
                     batch = b;
                     self.process_acks();
-                    if self.stop.load(Ordering::SeqCst) {
-                        let d = *deadline.get_or_insert_with(|| Instant::now() + self.grace);
-                        if Instant::now() >= d {
-                            // Not delivered: the last written checkpoint precedes these exchanges.
-                            return false;
-                        }
+                    if self.stop.load(Ordering::SeqCst) && Instant::now() >= self.grace_deadline() {
+                        // Not delivered: the last written checkpoint precedes these exchanges,
+                        // and keeping them in the batch keeps any later one from covering them.
+                        self.batch = batch.exchanges;
+                        return false;
                     }
                     // The queue drains as the sink acknowledges; poll it at a short interval.
                     std::thread::sleep(Duration::from_millis(5));
@@ -527,6 +532,15 @@ impl Reader {
         m.script_errors(now.script_errors - before.script_errors);
     }
 
+    /// One grace period from the moment the stop was first seen, shared by every wait of the
+    /// shutdown so that together they fit in `shutdown_grace_seconds`.
+    fn grace_deadline(&mut self) -> Instant {
+        let grace = self.grace;
+        *self
+            .shutdown_deadline
+            .get_or_insert_with(|| Instant::now() + grace)
+    }
+
     fn shutdown(mut self) -> Result<(), String> {
         // Everything read so far goes to the sink; exchanges still pending stay in the state.
         for e in self.streams.values_mut() {
@@ -535,7 +549,7 @@ impl Reader {
                 e.flushed = true;
             }
         }
-        let deadline = Instant::now() + self.grace;
+        let deadline = self.grace_deadline();
         if !self.send_batch(true) {
             tracing::warn!(
                 "Could not hand the last batch to the sink; it will be read again after a restart."
