@@ -7,5 +7,6 @@ mod real_envoy;
 mod support;
 
 mod bad_input;
+mod e2e_sinks;
 mod replay;
 mod v1_assembly;
