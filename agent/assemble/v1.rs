@@ -143,8 +143,7 @@ impl Assembler {
         match event {
             Event::Started => {
                 let awaiting = !st.awaiting.is_empty();
-                let mut exchange = new_exchange(ctx, Source::LuaV1, msg);
-                exchange.log.thread = thread;
+                let exchange = new_exchange(ctx, Source::LuaV1, msg);
                 st.start = Some(StartInfo {
                     exchange,
                     offset: msg.offset,

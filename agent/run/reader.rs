@@ -79,9 +79,7 @@ pub struct Reader {
     acks: std::sync::mpsc::Receiver<Ack>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
-    batch: Vec<Exchange>,
-    /// Approximate size of `batch` (bodies plus a fixed overhead per record).
-    batch_bytes: usize,
+    batch: Outbox,
     sent_seq: u64,
     acked_seq: u64,
     sink_position: Option<crate::sink::FilePosition>,
@@ -129,8 +127,7 @@ impl Reader {
             acks,
             metrics,
             stop,
-            batch: Vec::new(),
-            batch_bytes: 0,
+            batch: Outbox::default(),
             sent_seq: 0,
             acked_seq: 0,
             sink_position: checkpoint.sink_position,
@@ -167,10 +164,9 @@ impl Reader {
                 last_expire = Instant::now();
             }
             let progressed = self.read_round(expire);
-            self.dirty |= progressed || !self.batch.is_empty();
-            self.batch_bytes = self.batch.iter().map(approx_size).sum();
-            let full =
-                self.batch.len() >= self.batch_max || self.batch_bytes >= self.batch_max_bytes;
+            self.dirty |= progressed || !self.batch.exchanges.is_empty();
+            let full = self.batch.exchanges.len() >= self.batch_max
+                || self.batch.bytes >= self.batch_max_bytes;
             if !self.send_batch(full || !progressed) {
                 break;
             }
@@ -360,12 +356,12 @@ impl Reader {
     /// Hands the current batch to the sink (if `now` or full). Waits while the queue is full
     /// (backpressure); false if it had to give up (shutdown grace over, or the sink is gone).
     fn send_batch(&mut self, now: bool) -> bool {
-        if self.batch.is_empty() || !now {
+        if self.batch.exchanges.is_empty() || !now {
             return true;
         }
         let mut batch = Batch {
             seq: self.sent_seq + 1,
-            exchanges: std::mem::take(&mut self.batch),
+            exchanges: self.batch.take(),
         };
         loop {
             match self.batches.try_send(batch) {
@@ -375,7 +371,7 @@ impl Reader {
                 }
                 Err(mpsc::error::TrySendError::Closed(b)) => {
                     // Kept: no checkpoint may cover exchanges that were never handed over.
-                    self.batch = b.exchanges;
+                    self.batch = Outbox::from(b.exchanges);
                     return false;
                 }
                 Err(mpsc::error::TrySendError::Full(b)) => {
@@ -384,7 +380,7 @@ impl Reader {
                     if self.stop.load(Ordering::SeqCst) && Instant::now() >= self.grace_deadline() {
                         // Not delivered: the last written checkpoint precedes these exchanges,
                         // and keeping them in the batch keeps any later one from covering them.
-                        self.batch = batch.exchanges;
+                        self.batch = Outbox::from(batch.exchanges);
                         return false;
                     }
                     // The queue drains as the sink acknowledges; poll it at a short interval.
@@ -575,6 +571,33 @@ impl Reader {
     }
 }
 
+/// Exchanges waiting to be handed to the sink, with their approximate size kept as they come.
+#[derive(Default)]
+struct Outbox {
+    exchanges: Vec<Exchange>,
+    /// Bodies plus a fixed overhead per record: what the batch costs in memory and on the wire.
+    bytes: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, ex: Exchange) {
+        self.bytes += approx_size(&ex);
+        self.exchanges.push(ex);
+    }
+
+    fn take(&mut self) -> Vec<Exchange> {
+        self.bytes = 0;
+        std::mem::take(&mut self.exchanges)
+    }
+}
+
+impl From<Vec<Exchange>> for Outbox {
+    fn from(exchanges: Vec<Exchange>) -> Self {
+        let bytes = exchanges.iter().map(approx_size).sum();
+        Outbox { exchanges, bytes }
+    }
+}
+
 /// Roughly what a record costs in memory and on the wire: its bodies plus headers and fields.
 fn approx_size(ex: &Exchange) -> usize {
     let body = |d: &Option<crate::record::Direction>| d.as_ref().map_or(0, |d| d.body.len());
@@ -582,7 +605,7 @@ fn approx_size(ex: &Exchange) -> usize {
 }
 
 /// Every exchange leaves the pipeline here: counted, then batched for the sink.
-fn emit(metrics: &Metrics, batch: &mut Vec<Exchange>, ex: Exchange) {
+fn emit(metrics: &Metrics, batch: &mut Outbox, ex: Exchange) {
     metrics.exchange(ex.source.as_str(), ex.complete);
     if !ex.warnings.is_empty() {
         metrics.exchange_warnings(1);

@@ -248,23 +248,7 @@ impl Agent {
 
     /// Waits until `/readyz` answers 200 and the SIGTERM handler is installed.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
-        let pid = self.pid();
-        let ops = self.ops;
-        let child = self.child.as_mut().unwrap();
-        let mut exited = None;
-        let ready = wait_for(timeout, || {
-            if let Ok(Some(status)) = child.try_wait() {
-                exited = Some(status);
-                return Some(false);
-            }
-            let ready = matches!(http_get(ops, "/readyz"), Ok((200, _)));
-            (ready && sigterm_handled(pid)).then_some(true)
-        });
-        match (ready, exited) {
-            (Some(true), _) => Ok(()),
-            (_, Some(status)) => Err(format!("exited during startup: {status}")),
-            _ => Err(format!("not ready after {timeout:?}")),
-        }
+        wait_agent_ready(self.child.as_mut().unwrap(), self.ops, timeout)
     }
 
     /// The process exited on its own (it should not): its status.
@@ -274,19 +258,7 @@ impl Agent {
 
     /// SIGTERM, then waits for the exit (up to 40 s: the grace period is 20 s).
     pub fn terminate(mut self) -> Result<ExitStatus, String> {
-        let mut child = self.child.take().expect("running");
-        signal(&child, libc::SIGTERM);
-        let status = wait_for(Duration::from_secs(40), || child.try_wait().ok().flatten());
-        match status {
-            Some(status) => Ok(status),
-            None => {
-                let _ = child.kill();
-                let status = child.wait();
-                Err(format!(
-                    "did not exit within 40 s of SIGTERM; killed ({status:?})"
-                ))
-            }
-        }
+        terminate_child(self.child.take().expect("running"), Duration::from_secs(40))
     }
 
     /// SIGKILL: a crash at whatever point the agent is.
@@ -335,7 +307,46 @@ fn spawn(setup: &mut Setup) -> Child {
         .expect("spawn meshtap run")
 }
 
-fn signal(child: &Child, signal: libc::c_int) {
+/// Waits until the agent `child` answers 200 on `ops`'s `/readyz` and its SIGTERM handler is
+/// installed (or it exits, or `timeout` passes).
+pub fn wait_agent_ready(
+    child: &mut Child,
+    ops: SocketAddr,
+    timeout: Duration,
+) -> Result<(), String> {
+    let pid = child.id();
+    let mut exited = None;
+    let ready = wait_for(timeout, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            exited = Some(status);
+            return Some(false);
+        }
+        let ready = matches!(http_get(ops, "/readyz"), Ok((200, _)));
+        (ready && sigterm_handled(pid)).then_some(true)
+    });
+    match (ready, exited) {
+        (Some(true), _) => Ok(()),
+        (_, Some(status)) => Err(format!("exited during startup: {status}")),
+        _ => Err(format!("not ready after {timeout:?}")),
+    }
+}
+
+/// SIGTERM, then waits up to `timeout` for the exit; SIGKILL (and an error) after that.
+pub fn terminate_child(mut child: Child, timeout: Duration) -> Result<ExitStatus, String> {
+    signal(&child, libc::SIGTERM);
+    match wait_for(timeout, || child.try_wait().ok().flatten()) {
+        Some(status) => Ok(status),
+        None => {
+            let _ = child.kill();
+            let status = child.wait();
+            Err(format!(
+                "did not exit within {timeout:?} of SIGTERM; killed ({status:?})"
+            ))
+        }
+    }
+}
+
+pub fn signal(child: &Child, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(child.id()).unwrap();
     // SAFETY: plain kill(2) on the pid of a child this process owns and has not yet reaped.
     unsafe {

@@ -32,7 +32,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::agent::{http_get, metric, wait_for, Rng, BIN};
+use crate::agent::{
+    http_get, metric, signal, terminate_child, wait_agent_ready, wait_for, Rng, BIN,
+};
 use crate::support::client::{self, Received};
 use crate::support::envoy::free_port;
 use crate::support::live_writer::{LiveEnvoy, WriterStats};
@@ -185,23 +187,7 @@ impl SinkAgent {
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
-        let pid = self.child.as_ref().unwrap().id();
-        let ops = self.ops;
-        let child = self.child.as_mut().unwrap();
-        let mut exited = None;
-        let ready = wait_for(timeout, || {
-            if let Ok(Some(status)) = child.try_wait() {
-                exited = Some(status);
-                return Some(false);
-            }
-            let ready = matches!(http_get(ops, "/readyz"), Ok((200, _)));
-            (ready && sigterm_handled(pid)).then_some(true)
-        });
-        match (ready, exited) {
-            (Some(true), _) => Ok(()),
-            (_, Some(status)) => Err(format!("exited during startup: {status}")),
-            _ => Err(format!("not ready after {timeout:?}")),
-        }
+        wait_agent_ready(self.child.as_mut().unwrap(), self.ops, timeout)
     }
 
     /// `/readyz`: status and body.
@@ -224,11 +210,7 @@ impl SinkAgent {
 
     /// Sends SIGTERM without waiting.
     pub fn sigterm(&self) {
-        let pid = self.child.as_ref().expect("running").id();
-        // SAFETY: plain kill(2) on the pid of a child this process owns and has not yet reaped.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
-        }
+        signal(self.child.as_ref().expect("running"), libc::SIGTERM);
     }
 
     /// Waits up to `timeout` for the process to exit.
@@ -239,21 +221,7 @@ impl SinkAgent {
 
     /// SIGTERM, then waits for the exit.
     pub fn terminate(mut self) -> Result<ExitStatus, String> {
-        let mut child = self.child.take().expect("running");
-        // SAFETY: plain kill(2) on the pid of a child this process owns and has not yet reaped.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        match wait_for(Duration::from_secs(30), || child.try_wait().ok().flatten()) {
-            Some(status) => Ok(status),
-            None => {
-                let _ = child.kill();
-                let status = child.wait();
-                Err(format!(
-                    "did not exit within 30 s of SIGTERM; killed ({status:?})"
-                ))
-            }
-        }
+        terminate_child(self.child.take().expect("running"), Duration::from_secs(30))
     }
 
     pub fn stderr_tail(&self, n: usize) -> String {
@@ -294,18 +262,6 @@ pub fn spawn_agent(config: &Path, stderr: &Path) -> Child {
         .stderr(Stdio::from(log))
         .spawn()
         .expect("spawn meshtap run")
-}
-
-/// Whether process `pid` catches SIGTERM: bit 14 of `SigCgt` in `/proc/<pid>/status`.
-fn sigterm_handled(pid: u32) -> bool {
-    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigCgt:"))
-        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
 }
 
 /// The last `n` bytes of a file, for failure messages.
