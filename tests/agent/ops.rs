@@ -260,3 +260,44 @@ fn agent_rejects_a_config_with_an_unknown_field() {
         "the sink dir was created for a bad config"
     );
 }
+
+/// `log.format: json` makes every line of the agent's own log on stderr a JSON object with a
+/// level and a message (what a log collector on the node ingests).
+#[test]
+fn agent_logs_json_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::support::envoy::free_port();
+    let config = dir.path().join("meshtap.yaml");
+    fs::write(
+        &config,
+        format!(
+            "agent:\n  log_root: {root}\n  state_dir: {state}\nops:\n  listen: 127.0.0.1:{port}\nlog:\n  format: json\n  level: info\n",
+            root = dir.path().join("pods").display(),
+            state = dir.path().join("state").display(),
+        ),
+    )
+    .unwrap();
+    let stderr = fs::File::create(dir.path().join("stderr")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("MESHTAP_LOG")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let ops = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    super::wait_agent_ready(&mut child, ops, Duration::from_secs(30)).unwrap();
+    let status = super::terminate_child(child, Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "{status}");
+    let log = fs::read_to_string(dir.path().join("stderr")).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "startup and shutdown are logged: {log}");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
+}
