@@ -17,6 +17,12 @@ pub enum Source {
     /// meshtap's own Lua filter (`[logPayload] v2 ...`, one line per event).
     #[serde(rename = "lua-v2")]
     LuaV2,
+    /// Envoy's tap filter (admin `/tap` stream or `file_per_tap` output).
+    #[serde(rename = "tap")]
+    Tap,
+    /// Packets captured in the pod's network namespace, reassembled and parsed as HTTP/1.x.
+    #[serde(rename = "capture")]
+    Capture,
 }
 
 impl Source {
@@ -25,17 +31,42 @@ impl Source {
         match self {
             Source::LuaV1 => "lua-v1",
             Source::LuaV2 => "lua-v2",
+            Source::Tap => "tap",
+            Source::Capture => "capture",
         }
     }
 }
 
 /// Kubernetes identity of the container whose log held the exchange.
+///
+/// `namespace`, `pod`, `pod_uid` and `container` come from the kubelet log path and are always
+/// set; the rest comes from the Kubernetes API when the agent can reach it, and is omitted otherwise.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct K8sMeta {
     pub namespace: String,
     pub pod: String,
     pub pod_uid: String,
     pub container: String,
+    /// Pod labels kept by the configured allow-list.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The workload that owns the pod (a Deployment through its ReplicaSet, a StatefulSet, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+}
+
+/// The controller at the top of a pod's owner chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `Job`, `CronJob`, `ReplicaSet`, ... as the API names it.
+    pub kind: String,
+    pub name: String,
 }
 
 /// Where in the log the exchange was read: enough to find it again with `less +<offset>`.
@@ -83,6 +114,9 @@ pub struct Direction {
     pub body_size: u64,
     /// True when `body` holds fewer bytes than the direction carried, or may do so.
     pub body_truncated: bool,
+    /// The `content-encoding` (e.g. `gzip`) the body was decoded from, when meshtap decoded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_decoded_from: Option<String>,
     /// Why the body is truncated, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truncated_reason: Option<String>,
@@ -144,6 +178,9 @@ pub struct Exchange {
     /// True when both directions were logged to their end.
     pub complete: bool,
     pub warnings: Vec<String>,
+    /// What the policy stage redacted (header names, JSON paths, pattern names), never the values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<String>,
 }
 
 impl Exchange {
@@ -218,7 +255,7 @@ mod tests {
             for (k, child) in map {
                 let p = format!("{path}.{k}");
                 out.push(p.clone());
-                if k != "headers" && k != "trailers" {
+                if !["headers", "trailers", "labels"].contains(&k.as_str()) {
                     shape(child, &p, out);
                 }
             }
@@ -246,6 +283,7 @@ mod tests {
             body_size: 1,
             body_truncated: false,
             truncated_reason: None,
+            body_decoded_from: None,
             start_time: Some("t".into()),
             end_time: Some("t".into()),
             ended: true,
@@ -254,7 +292,14 @@ mod tests {
             id: "0".into(),
             source: Source::LuaV2,
             time: "t".into(),
-            k8s: Some(K8sMeta::default()),
+            k8s: Some(K8sMeta {
+                labels: BTreeMap::from([("app".into(), "a".into())]),
+                workload: Some(Workload::default()),
+                service_account: Some("sa".into()),
+                node: Some("n".into()),
+                pod_ip: Some("ip".into()),
+                ..K8sMeta::default()
+            }),
             log: LogPosition {
                 file: "f".into(),
                 offset: 0,
@@ -269,10 +314,12 @@ mod tests {
                 trailers: None,
                 status: Some(200),
                 truncated_reason: Some("r".into()),
+                body_decoded_from: Some("gzip".into()),
                 ..full
             }),
             complete: true,
             warnings: vec![],
+            redacted: vec!["h".into()],
         };
         let (mut want, mut got) = (Vec::new(), Vec::new());
         shape(&sample, "", &mut want);
@@ -307,6 +354,7 @@ mod tests {
             }),
             complete: false,
             warnings: vec!["w".into()],
+            redacted: Vec::new(),
         };
         let text = serde_json::to_string(&ex).unwrap();
         let back: Exchange = serde_json::from_str(&text).unwrap();

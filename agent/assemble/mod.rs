@@ -89,6 +89,7 @@ pub(crate) fn new_exchange(ctx: &FileContext, source: Source, msg: &LuaMessage<'
         response: None,
         complete: false,
         warnings: Vec::new(),
+        redacted: Vec::new(),
     }
 }
 

@@ -25,6 +25,7 @@ pub fn meta_from_log_path(path: &Path) -> Option<K8sMeta> {
         pod: pod.to_string(),
         pod_uid: pod_uid.to_string(),
         container: container.to_string(),
+        ..K8sMeta::default()
     })
 }
 

@@ -101,6 +101,7 @@ pub(crate) mod tests {
             response: None,
             complete: false,
             warnings: vec![],
+            redacted: Vec::new(),
         }
     }
 

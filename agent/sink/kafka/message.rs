@@ -204,6 +204,7 @@ mod tests {
                 pod: "cart-1".into(),
                 pod_uid: "u".into(),
                 container: "istio-proxy".into(),
+                ..K8sMeta::default()
             }),
             log: LogPosition::default(),
             request: Some(Direction {
@@ -216,6 +217,7 @@ mod tests {
             }),
             complete: true,
             warnings: vec![],
+            redacted: Vec::new(),
         }
     }
 

@@ -138,6 +138,7 @@ fn exchange(i: usize, ns: Option<&str>, body_bytes: usize) -> Exchange {
             pod: format!("pod-{}", i % 5),
             pod_uid: "0c1a2b3c-1111-2222-3333-444455556666".into(),
             container: "istio-proxy".into(),
+            ..K8sMeta::default()
         }),
         log: LogPosition {
             file: "/var/log/pods/x/istio-proxy/0.log".into(),
@@ -164,6 +165,7 @@ fn exchange(i: usize, ns: Option<&str>, body_bytes: usize) -> Exchange {
         }),
         complete: true,
         warnings: vec![],
+        redacted: Vec::new(),
     }
 }
 

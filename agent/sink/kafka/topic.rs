@@ -164,6 +164,7 @@ mod tests {
             response: None,
             complete: true,
             warnings: vec![],
+            redacted: Vec::new(),
         }
     }
 
@@ -183,6 +184,7 @@ mod tests {
             pod: "productpage-v1-6b7".into(),
             pod_uid: "u".into(),
             container: "istio-proxy".into(),
+            ..K8sMeta::default()
         };
         let with = exchange(Some(meta));
         let without = exchange(None);
