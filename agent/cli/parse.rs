@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::decode::Format;
 use crate::output::NdjsonWriter;
 use crate::pipeline;
+use crate::stage::Stages;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum FormatArg {
@@ -70,13 +71,17 @@ pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
         settings.limits.max_body_bytes = max;
     }
 
+    let mut stages = Stages::from_config(&config)?;
     let summary = if args.sink {
-        replay_into_sink(&args, &config, settings)?
+        replay_into_sink(&args, &config, settings, stages)?
     } else {
         let stdout = io::stdout().lock();
         let mut writer = NdjsonWriter::new(io::BufWriter::with_capacity(1 << 16, stdout));
         let mut write_error = None;
         let summary = pipeline::parse_files(&args.files, &settings, &mut |exchange| {
+            let Ok(exchange) = stages.run(exchange) else {
+                return;
+            };
             if write_error.is_none() {
                 if let Err(e) = writer.write(&exchange) {
                     write_error = Some(e);
@@ -129,6 +134,7 @@ fn replay_into_sink(
     args: &ParseArgs,
     config: &Config,
     settings: pipeline::Settings,
+    mut stages: Stages,
 ) -> anyhow::Result<pipeline::Summary> {
     const BATCH: usize = 512;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -142,6 +148,9 @@ fn replay_into_sink(
         let parser = tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(BATCH);
             let summary = pipeline::parse_files(&files, &settings, &mut |exchange| {
+                let Ok(exchange) = stages.run(exchange) else {
+                    return;
+                };
                 batch.push(exchange);
                 if batch.len() >= BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));

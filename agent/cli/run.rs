@@ -30,6 +30,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
     };
     super::init_logging(&config.log.level, config.log.format);
-    crate::run::run(config)?;
-    Ok(0)
+    match crate::run::run(config) {
+        Ok(()) => Ok(0),
+        Err(crate::run::RunError::Stages(e)) => {
+            eprintln!("meshtap: {e}");
+            Ok(EXIT_CONFIG)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -88,6 +88,7 @@ pub struct Metrics {
     exchanges: Family<Labels<2>, Counter>,
     exchange_warnings: Counter,
     skipped: Family<Labels<1>, Counter>,
+    dropped: Family<Labels<1>, Counter>,
     script_errors: Counter,
     sink_batches: Family<Labels<2>, Counter>,
     sink_records: Family<Labels<1>, Counter>,
@@ -151,6 +152,12 @@ impl Metrics {
             "Lines, messages or log data dropped, or exchanges cut short, by reason",
             skipped.clone(),
         );
+        let dropped = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "meshtap_exchanges_dropped",
+            "Exchange records not delivered by choice (capture policy, sampling, rate limits), by reason",
+            dropped.clone(),
+        );
         let sink_batches = Family::<Labels<2>, Counter>::default();
         registry.register(
             "meshtap_sink_batches",
@@ -190,6 +197,9 @@ impl Metrics {
         for reason in skip::ALL {
             let _created = skipped.get_or_create(&[("reason", reason)]);
         }
+        for reason in crate::stage::DROP_REASONS {
+            let _created = dropped.get_or_create(&[("reason", reason)]);
+        }
 
         Metrics {
             registry,
@@ -199,6 +209,7 @@ impl Metrics {
             exchanges,
             exchange_warnings,
             skipped,
+            dropped,
             script_errors,
             sink_batches,
             sink_records,
@@ -240,6 +251,11 @@ impl Metrics {
     /// Counts `n` things skipped for `reason`, one of [`skip`]'s constants.
     pub fn skipped(&self, reason: &'static str, n: u64) {
         self.skipped.get_or_create(&[("reason", reason)]).inc_by(n);
+    }
+
+    /// Counts an exchange a stage chose not to deliver (see [`crate::stage::Verdict::Drop`]).
+    pub fn dropped(&self, reason: &'static str) {
+        self.dropped.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// Counts Lua script errors.

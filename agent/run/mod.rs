@@ -22,6 +22,7 @@ use crate::checkpoint::{CheckpointError, Store};
 use crate::config::Config;
 use crate::ops::{Metrics, OpsState};
 use crate::record::Exchange;
+use crate::stage::Stages;
 
 /// Exchanges handed from the reader to the sink, numbered in order.
 pub struct Batch {
@@ -50,6 +51,8 @@ pub enum RunError {
     },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Stages(crate::config::ConfigError),
     #[error("the reader thread failed: {0}")]
     Reader(String),
 }
@@ -111,15 +114,16 @@ async fn run_async(config: Config) -> Result<(), RunError> {
         shutdown_rx.clone(),
     ));
 
+    let stages = Stages::from_config(&config).map_err(RunError::Stages)?;
     let stop = Arc::new(AtomicBool::new(false));
     let reader = reader::Reader::new(
         &config,
         store,
         checkpoint,
-        batch_tx,
-        ack_rx,
+        (batch_tx, ack_rx),
         metrics.clone(),
         stop.clone(),
+        stages,
     );
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let reader_thread = std::thread::Builder::new()

@@ -22,6 +22,7 @@ use crate::discover::{self, StreamKey, Watcher};
 use crate::ops::Metrics;
 use crate::pipeline::{LogStream, Settings};
 use crate::record::Exchange;
+use crate::stage::Stages;
 use crate::tail::{Follower, Position, TailEvent};
 
 /// Counters taken from a stream's stats and reported to metrics as deltas.
@@ -79,6 +80,8 @@ pub struct Reader {
     acks: std::sync::mpsc::Receiver<Ack>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
+    /// What every exchange passes through before it is batched.
+    stages: Stages,
     batch: Outbox,
     sent_seq: u64,
     acked_seq: u64,
@@ -98,10 +101,10 @@ impl Reader {
         config: &Config,
         store: Store,
         checkpoint: Checkpoint,
-        batches: mpsc::Sender<Batch>,
-        acks: std::sync::mpsc::Receiver<Ack>,
+        (batches, acks): (mpsc::Sender<Batch>, std::sync::mpsc::Receiver<Ack>),
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
+        stages: Stages,
     ) -> Self {
         let a = &config.agent;
         Reader {
@@ -127,6 +130,7 @@ impl Reader {
             acks,
             metrics,
             stop,
+            stages,
             batch: Outbox::default(),
             sent_seq: 0,
             acked_seq: 0,
@@ -261,8 +265,8 @@ impl Reader {
         for (name, saved) in std::mem::take(&mut self.saved) {
             tracing::warn!(stream = %name, "A checkpointed log stream no longer exists; emitting its pending exchanges.");
             if let Ok(mut stream) = LogStream::restore(&self.settings, saved.state) {
-                let (batch, metrics) = (&mut self.batch, &self.metrics);
-                stream.finish(&mut |ex| emit(metrics, batch, ex));
+                let (batch, metrics, stages) = (&mut self.batch, &self.metrics, &mut self.stages);
+                stream.finish(&mut |ex| emit(metrics, stages, batch, ex));
             }
         }
     }
@@ -274,7 +278,8 @@ impl Reader {
         let mut progressed_state = false;
         let batch = &mut self.batch;
         let metrics = &self.metrics;
-        let mut out = |ex: Exchange| emit(metrics, batch, ex);
+        let stages = &mut self.stages;
+        let mut out = |ex: Exchange| emit(metrics, stages, batch, ex);
         for e in self.streams.values_mut() {
             if e.finished {
                 continue;
@@ -345,9 +350,9 @@ impl Reader {
                 "emitted before its end: more than {} exchanges were pending on this node",
                 self.max_pending_total
             );
-            let (batch, metrics) = (&mut self.batch, &self.metrics);
+            let (batch, metrics, stages) = (&mut self.batch, &self.metrics, &mut self.stages);
             e.stream
-                .evict_oldest(warning, &mut |ex| emit(metrics, batch, ex));
+                .evict_oldest(warning, &mut |ex| emit(metrics, stages, batch, ex));
             total -= 1;
             self.dirty = true;
         }
@@ -604,13 +609,17 @@ fn approx_size(ex: &Exchange) -> usize {
     1024 + body(&ex.request) + body(&ex.response)
 }
 
-/// Every exchange leaves the pipeline here: counted, then batched for the sink.
-fn emit(metrics: &Metrics, batch: &mut Outbox, ex: Exchange) {
+/// Every exchange leaves the pipeline here: counted, passed through the stages, then batched for
+/// the sink.
+fn emit(metrics: &Metrics, stages: &mut Stages, batch: &mut Outbox, ex: Exchange) {
     metrics.exchange(ex.source.as_str(), ex.complete);
     if !ex.warnings.is_empty() {
         metrics.exchange_warnings(1);
     }
-    batch.push(ex);
+    match stages.run(ex) {
+        Ok(ex) => batch.push(ex),
+        Err(reason) => metrics.dropped(reason),
+    }
 }
 
 fn totals(stream: &LogStream) -> Totals {
