@@ -24,6 +24,7 @@ pub mod discover;
 pub mod envoy;
 pub mod k8s;
 pub mod marker;
+pub mod netns;
 pub mod ops;
 pub mod output;
 pub mod pipeline;
