@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The Envoy cost of capture filters: one front Envoy (1 worker) proxies POSTs with 1 KiB bodies to
+# an upstream Envoy that answers 200 with a 1 KiB body, driven by wrk over keep-alive connections.
+# The front Envoy runs with no filter, with meshtap's v2 Lua filter, and with each of the seed's
+# two filters (deploy/legacy), logging to a file as a sidecar logs to its container log.
+# Prints requests/s (wrk) and the front Envoy's CPU per request, best of MESHTAP_BENCH_ROUNDS
+# rounds (default 3) of MESHTAP_BENCH_SECONDS seconds (default 8).
+#
+# Needs: wrk (apt-get install wrk) and the test venv (scripts/install-test-deps.sh), both
+# installed here if missing.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROUNDS="${MESHTAP_BENCH_ROUNDS:-3}"
+SECONDS_PER_RUN="${MESHTAP_BENCH_SECONDS:-8}"
+CONNECTIONS="${MESHTAP_BENCH_CONNECTIONS:-16}"
+
+if ! command -v wrk >/dev/null; then
+  apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+fi
+ENVOY="$(./scripts/install-test-deps.sh)"
+PY=.cache/venv/bin/python
+
+WORK="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 500); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.01
+  done
+  echo "port $1 did not open" >&2; return 1
+}
+
+# Writes an Envoy bootstrap (JSON) to $1: listener $2, admin $3; $4 = "direct" for the upstream
+# (direct 1 KiB response) or the path of a Lua file ("" for no filter) for the front proxy to $5.
+write_config() {
+  "$PY" - "$@" <<'PY'
+import json, sys
+out, port, admin, mode, upstream = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+sock = lambda p: {"socket_address": {"address": "127.0.0.1", "port_value": p}}
+router = {"name": "envoy.filters.http.router",
+          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+if mode == "direct":
+    route = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "x" * 1024}}}
+    filters = [router]
+else:
+    route = {"match": {"prefix": "/"}, "route": {"cluster": "app"}}
+    filters = [router]
+    if mode:
+        filters.insert(0, {"name": "envoy.filters.http.lua", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": open(mode).read()}}})
+config = {
+    "admin": {"address": sock(admin)},
+    "static_resources": {
+        "listeners": [{"name": "l", "address": sock(port), "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "l",
+                "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+                "http_filters": filters}}]}]}],
+        "clusters": [] if mode == "direct" else [{
+            "name": "app", "type": "STATIC", "connect_timeout": "2s",
+            "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": int(upstream)}}}}]}]}}]}}
+json.dump(config, open(out, "w"))
+PY
+}
+
+# The Lua of an EnvoyFilter manifest (its first inline_string / inline_code).
+lua_of() {
+  "$PY" - "$1" "$2" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+m = re.search(r"^( *)(inline_string|inline_code): \|\n((?:\1  .*\n|\s*\n)+)", text, re.M)
+indent = len(m.group(1)) + 2
+open(sys.argv[2], "w").write("".join(l[indent:] if l.strip() else "\n" for l in m.group(3).splitlines(True)))
+PY
+}
+
+base_id=$(( ($$ % 1000) * 10 + 7000 ))
+start_envoy() { # config log; sets $started (the pid)
+  base_id=$((base_id + 1))
+  "$ENVOY" -c "$1" --disable-hot-restart --concurrency 1 -l warning --base-id "$base_id" >/dev/null 2>"$2" &
+  started=$!
+  pids+=("$started")
+}
+
+up_port=$(free_port); up_admin=$(free_port)
+write_config "$WORK/up.json" "$up_port" "$up_admin" direct 0
+start_envoy "$WORK/up.json" /dev/null
+wait_port "$up_port"
+
+lua_of deploy/envoyfilter-lua-v2.yaml "$WORK/v2.lua"
+lua_of deploy/legacy/envoyfilter-logpayload-body.yaml "$WORK/seed-body.lua"
+lua_of deploy/legacy/envoyfilter-logpayload-headers.yaml "$WORK/seed-headers.lua"
+head -c 1024 /dev/zero | tr '\0' 'a' > "$WORK/body"
+cat > "$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = "$(cat "$WORK/body")"
+wrk.headers["content-type"] = "application/json"
+LUA
+
+echo "== machine: $(nproc) cores, $(uname -r); Envoy $("$ENVOY" --version | grep -o '[0-9]\+\.[0-9]\+\.[0-9]\+' | head -1); wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s, best of $ROUNDS"
+declare -A best_rps best_us
+for variant in none v2 seed-body seed-headers; do
+  lua=""; [ "$variant" != none ] && lua="$WORK/$variant.lua"
+  port=$(free_port); admin=$(free_port)
+  write_config "$WORK/front-$variant.json" "$port" "$admin" "$lua" "$up_port"
+  start_envoy "$WORK/front-$variant.json" "$WORK/front-$variant.log"; pid=$started
+  wait_port "$port"
+  # Warm up (Lua states, connections), then measure.
+  wrk -t1 -c"$CONNECTIONS" -d1s -s "$WORK/post.lua" "http://127.0.0.1:$port/productpage/api" >/dev/null
+  best_rps[$variant]=0; best_us[$variant]=999999
+  for _ in $(seq 1 "$ROUNDS"); do
+    cpu0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    out=$(wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$WORK/post.lua" "http://127.0.0.1:$port/productpage/api")
+    cpu1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%d", $2}')
+    non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+    if [ -n "$non2xx" ]; then echo "$variant: $non2xx non-2xx responses" >&2; exit 1; fi
+    us=$(awk -v c=$((cpu1 - cpu0)) -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", c / hz * 1e6 / n}')
+    [ "$rps" -gt "${best_rps[$variant]}" ] && best_rps[$variant]=$rps
+    awk -v a="$us" -v b="${best_us[$variant]}" 'BEGIN {exit !(a < b)}' && best_us[$variant]=$us
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  lines=$(grep -c logPayload "$WORK/front-$variant.log" || true)
+  printf "envoy_%s: %d requests/s, front Envoy CPU %s us/request, %d [logPayload] log lines\n" \
+    "$variant" "${best_rps[$variant]}" "${best_us[$variant]}" "$lines"
+done
+awk -v n="${best_rps[none]}" -v v2="${best_rps[v2]}" -v b="${best_rps[seed-body]}" -v h="${best_rps[seed-headers]}" 'BEGIN {
+  printf "envoy_v2_vs_none: %.0f%% of the throughput with no filter (target 80%%); seed body filter %.0f%%, seed headers filter %.0f%%\n", 100*v2/n, 100*b/n, 100*h/n }'
