@@ -41,7 +41,7 @@ pub struct EnvoyFilterArgs {
     #[arg(long = "method", value_name = "METHOD")]
     pub method: Vec<String>,
     /// Body bytes logged per request and per response; the rest is counted, not logged.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BODY_BYTES, allow_negative_numbers = true)]
     pub max_body_bytes: u64,
     /// A header (or trailer) never logged, e.g. authorization (repeatable; case-insensitive).
     #[arg(long = "skip-header", value_name = "NAME")]
@@ -51,24 +51,28 @@ pub struct EnvoyFilterArgs {
     pub output: Option<PathBuf>,
 }
 
+impl EnvoyFilterArgs {
+    /// The generator's options for these flags (exact, then prefix, then regex paths).
+    pub fn options(&self) -> Options {
+        let paths = (self.path_exact.iter().cloned().map(PathMatch::Exact))
+            .chain(self.path_prefix.iter().cloned().map(PathMatch::Prefix))
+            .chain(self.path_regex.iter().cloned().map(PathMatch::Regex))
+            .collect();
+        Options {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            selector: self.selector.clone(),
+            direction: self.direction,
+            paths,
+            methods: self.method.clone(),
+            max_body_bytes: self.max_body_bytes,
+            skip_headers: self.skip_header.clone(),
+        }
+    }
+}
+
 pub fn run(args: EnvoyFilterArgs) -> anyhow::Result<i32> {
-    let paths = args
-        .path_exact
-        .into_iter()
-        .map(PathMatch::Exact)
-        .chain(args.path_prefix.into_iter().map(PathMatch::Prefix))
-        .chain(args.path_regex.into_iter().map(PathMatch::Regex))
-        .collect();
-    let filter = EnvoyFilter::new(Options {
-        name: args.name,
-        namespace: args.namespace,
-        selector: args.selector,
-        direction: args.direction,
-        paths,
-        methods: args.method,
-        max_body_bytes: args.max_body_bytes,
-        skip_headers: args.skip_header,
-    })?;
+    let filter = EnvoyFilter::new(args.options())?;
     let yaml = filter.to_yaml()?;
     match args.output {
         Some(path) => std::fs::write(&path, yaml)
