@@ -12,6 +12,15 @@ use crate::envoyfilter::options::{DEFAULT_MAX_BODY_BYTES, DEFAULT_NAME};
 use crate::envoyfilter::{Direction, EnvoyFilter, Options, PathMatch};
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+A request is captured when its path matches any --path-* flag (or none is given) AND its method is \
+one of the --method flags (or none is given). Other requests never reach the Lua filter: Envoy's \
+matcher skips it for them. See docs/envoyfilter.md.
+
+Examples:
+  meshtap envoyfilter > deploy/envoyfilter-lua-v2.yaml
+  meshtap envoyfilter --namespace bookinfo --selector app=productpage \\
+      --path-prefix /api/ --method POST --skip-header authorization")]
 pub struct EnvoyFilterArgs {
     /// metadata.name of the EnvoyFilter.
     #[arg(long, default_value = DEFAULT_NAME)]

@@ -332,12 +332,13 @@ impl Visitor for Re2Only {
         if let Some(flags) = flags {
             for item in &flags.items {
                 if let ast::FlagsItemKind::Flag(flag) = &item.kind {
-                    if matches!(
-                        flag,
-                        ast::Flag::IgnoreWhitespace | ast::Flag::CRLF | ast::Flag::Unicode
-                    ) {
-                        return Err(format!("the flag {flag:?} at {}", span_text(&item.span)));
-                    }
+                    let letter = match flag {
+                        ast::Flag::IgnoreWhitespace => "x",
+                        ast::Flag::CRLF => "R",
+                        ast::Flag::Unicode => "u",
+                        _ => continue,
+                    };
+                    return Err(format!("the flag `{letter}` at {}", span_text(&item.span)));
                 }
             }
         }
