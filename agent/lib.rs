@@ -22,6 +22,7 @@ pub mod config;
 pub mod decode;
 pub mod discover;
 pub mod envoy;
+pub mod envoyfilter;
 pub mod k8s;
 pub mod marker;
 pub mod netns;

@@ -1,5 +1,6 @@
 //! Command-line interface: `meshtap <command>`. Each command is a file of its own.
 
+pub mod envoyfilter;
 pub mod parse;
 pub mod run;
 
@@ -24,6 +25,9 @@ pub enum Command {
     /// Run the node agent: tail every istio-proxy container log under the log root, reassemble
     /// exchanges and deliver them to the configured sink, checkpointing what was delivered.
     Run(run::RunArgs),
+    /// Print an Istio EnvoyFilter that installs meshtap's v2 Lua filter, limited to the workloads,
+    /// direction, paths and methods given, with the body cap and the headers never logged.
+    Envoyfilter(envoyfilter::EnvoyFilterArgs),
 }
 
 /// Sets up meshtap's own diagnostic log on stderr: `MESHTAP_LOG`, else `RUST_LOG`, overrides
@@ -47,5 +51,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Parse(args) => parse::run(args),
         Command::Run(args) => run::run(args),
+        Command::Envoyfilter(args) => envoyfilter::run(args),
     }
 }

@@ -125,6 +125,28 @@ pub fn bootstrap(
     admin_port: u16,
     upstream: SocketAddr,
 ) -> serde_json::Value {
+    bootstrap_with_filter(lua_filter(lua), listener_port, admin_port, upstream)
+}
+
+/// The `http_filters` entry of a plain Lua filter running `lua`.
+pub fn lua_filter(lua: &str) -> serde_json::Value {
+    json!({
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": lua}
+        }
+    })
+}
+
+/// [`bootstrap`] with any HTTP filter before the router (e.g. the `patch.value` of an Istio
+/// EnvoyFilter, which is such an entry).
+pub fn bootstrap_with_filter(
+    http_filter: serde_json::Value,
+    listener_port: u16,
+    admin_port: u16,
+    upstream: SocketAddr,
+) -> serde_json::Value {
     let socket =
         |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
     json!({
@@ -148,13 +170,7 @@ pub fn bootstrap(
                                 }]
                             },
                             "http_filters": [
-                                {
-                                    "name": "envoy.filters.http.lua",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                                        "default_source_code": {"inline_string": lua}
-                                    }
-                                },
+                                http_filter,
                                 {
                                     "name": "envoy.filters.http.router",
                                     "typed_config": {
@@ -196,12 +212,23 @@ impl Envoy {
     /// Starts Envoy with `lua` in front of `upstream`, logging in `layout`; returns once the
     /// listener accepts connections. Retries with other ports if one was taken meanwhile.
     pub fn start(dir: &Path, lua: &str, upstream: SocketAddr, layout: Layout) -> Envoy {
+        Envoy::start_with_filter(dir, &lua_filter(lua), upstream, layout)
+    }
+
+    /// [`Envoy::start`] with `http_filter` (an `http_filters` entry) before the router.
+    pub fn start_with_filter(
+        dir: &Path,
+        http_filter: &serde_json::Value,
+        upstream: SocketAddr,
+        layout: Layout,
+    ) -> Envoy {
         let began = Instant::now();
         let mut failures = Vec::new();
         for attempt in 0..3 {
             let listener_port = free_port();
             let admin_port = free_port();
-            let config = bootstrap(lua, listener_port, admin_port, upstream);
+            let config =
+                bootstrap_with_filter(http_filter.clone(), listener_port, admin_port, upstream);
             let config_path = dir.join(format!("envoy-{attempt}.yaml"));
             std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
             let mut child = Command::new(envoy_binary())

@@ -275,6 +275,24 @@ impl Failures {
         self.messages.push(message);
     }
 
+    /// Panics with every failure (the first 60 in full), naming `what`; for checks without a
+    /// [`Run`].
+    pub fn finish_named(self, what: &str) {
+        if self.messages.is_empty() {
+            return;
+        }
+        let total = self.messages.len();
+        let shown: Vec<String> = self.messages.into_iter().take(60).collect();
+        panic!(
+            "{what}: {total} failed check(s)\n  - {}",
+            shown.join("\n  - ")
+        );
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
     /// Panics with every failure (the first 60 in full), keeping the run's files for inspection.
     pub fn finish(self, run: &mut Run) {
         if self.messages.is_empty() {
