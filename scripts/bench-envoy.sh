@@ -110,8 +110,14 @@ wrk.headers["content-type"] = "application/json"
 LUA
 
 echo "== machine: $(nproc) cores, $(uname -r); Envoy $("$ENVOY" --version | grep -o '[0-9]\+\.[0-9]\+\.[0-9]\+' | head -1); wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s, best of $ROUNDS"
+# MESHTAP_BENCH_EXTRA="name=file.lua ..." measures other Lua filters too (for experiments).
+variants=(none v2 seed-body seed-headers)
+for extra in ${MESHTAP_BENCH_EXTRA:-}; do
+  cp "${extra#*=}" "$WORK/${extra%%=*}.lua"; variants+=("${extra%%=*}")
+done
+[ -n "${MESHTAP_BENCH_ONLY:-}" ] && read -r -a variants <<<"$MESHTAP_BENCH_ONLY"
 declare -A best_rps best_us
-for variant in none v2 seed-body seed-headers; do
+for variant in "${variants[@]}"; do
   lua=""; [ "$variant" != none ] && lua="$WORK/$variant.lua"
   port=$(free_port); admin=$(free_port)
   write_config "$WORK/front-$variant.json" "$port" "$admin" "$lua" "$up_port"
@@ -137,5 +143,5 @@ for variant in none v2 seed-body seed-headers; do
   printf "envoy_%s: %d requests/s, front Envoy CPU %s us/request, %d [logPayload] log lines\n" \
     "$variant" "${best_rps[$variant]}" "${best_us[$variant]}" "$lines"
 done
-awk -v n="${best_rps[none]}" -v v2="${best_rps[v2]}" -v b="${best_rps[seed-body]}" -v h="${best_rps[seed-headers]}" 'BEGIN {
+[ -n "${best_rps[none]:-}" ] && [ -n "${best_rps[v2]:-}" ] && [ -n "${best_rps[seed-body]:-}" ] && [ -n "${best_rps[seed-headers]:-}" ] && awk -v n="${best_rps[none]}" -v v2="${best_rps[v2]}" -v b="${best_rps[seed-body]}" -v h="${best_rps[seed-headers]:-0}" 'BEGIN {
   printf "envoy_v2_vs_none: %.0f%% of the throughput with no filter (target 80%%); seed body filter %.0f%%, seed headers filter %.0f%%\n", 100*v2/n, 100*b/n, 100*h/n }'
