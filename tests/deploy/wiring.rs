@@ -295,12 +295,20 @@ fn check_wiring(install: &Install) -> Config {
         Some(&port.to_string()),
         "{where_}: scrape annotation"
     );
-    assert_eq!(
-        annotations
-            .get("sidecar.istio.io/inject")
-            .map(String::as_str),
-        Some("false")
-    );
+    // No sidecar: the label for current Istio, the annotation for older ones.
+    let labels = install
+        .daemonset
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone());
+    for map in [&labels.unwrap_or_default(), &annotations] {
+        assert_eq!(
+            map.get("sidecar.istio.io/inject").map(String::as_str),
+            Some("false")
+        );
+    }
 
     // NODE_NAME from the pod's node (the Kubernetes integration watches that node's pods).
     let node_name = container
