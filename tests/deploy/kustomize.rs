@@ -364,3 +364,38 @@ fn image_names_split_like_kustomize() {
         ("registry:5000/meshtap", None)
     );
 }
+
+#[test]
+fn the_model_refuses_what_it_does_not_model() {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("meshtap-kustomize-{}-", std::process::id()))
+        .tempdir()
+        .unwrap();
+    let write = |text: &str| std::fs::write(dir.path().join("kustomization.yaml"), text).unwrap();
+    let head = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n";
+    // A kustomize feature the model does not implement: an error, not a silent difference.
+    write(&format!("{head}commonLabels:\n  a: b\n"));
+    let e = load(dir.path()).unwrap_err();
+    assert!(e.contains("commonLabels"), "{e}");
+    // A strategic-merge patch (a map, not a list of operations).
+    std::fs::write(
+        dir.path().join("ds.yaml"),
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: x\n",
+    )
+    .unwrap();
+    write(&format!(
+        "{head}resources: [ds.yaml]\npatches:\n- target: {{kind: DaemonSet, name: x}}\n  \
+         patch: |-\n    spec:\n      minReadySeconds: 1\n"
+    ));
+    let e = build(dir.path()).unwrap_err();
+    assert!(e.contains("only JSON 6902"), "{e}");
+    // A patch whose target matches nothing.
+    write(&format!(
+        "{head}resources: [ds.yaml]\npatches:\n- target: {{kind: DaemonSet, name: y}}\n  \
+         patch: '[]'\n"
+    ));
+    assert!(build(dir.path()).unwrap_err().contains("matched 0 objects"));
+    // A missing resource.
+    write(&format!("{head}resources: [missing.yaml]\n"));
+    assert!(build(dir.path()).unwrap_err().contains("does not exist"));
+}
