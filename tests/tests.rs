@@ -7,6 +7,7 @@ mod real_envoy;
 mod support;
 
 mod bad_input;
+mod deploy;
 mod e2e_sinks;
 mod envoyfilter;
 mod replay;
