@@ -341,8 +341,12 @@ async fn run_admin(
     let mut stderr = io::stderr().lock();
     writeln!(
         stderr,
-        "meshtap tap: {written} records from {} ({} traces, {} skipped, {} attach(es))",
-        target.label, stats.traces, stats.skipped, stats.attached
+        "meshtap tap: {written} records from {} ({} traces, {} skipped, {} dropped by policy, {} attach(es))",
+        target.label,
+        stats.traces,
+        stats.skipped,
+        stages.dropped().values().sum::<u64>(),
+        stats.attached
     )?;
     Ok(0)
 }
@@ -406,11 +410,12 @@ fn run_dir(
     let stats = &source.stats;
     writeln!(
         io::stderr().lock(),
-        "meshtap tap: {written} records from {} files in {} ({} failed, {} unsupported)",
+        "meshtap tap: {written} records from {} files in {} ({} failed, {} unsupported, {} dropped by policy)",
         stats.files,
         dir.display(),
         stats.failed,
-        stats.unsupported
+        stats.unsupported,
+        stages.dropped().values().sum::<u64>()
     )?;
     Ok(if stats.failed > 0 { 1 } else { 0 })
 }

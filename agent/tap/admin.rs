@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
 
 use super::config::TapRequest;
-use super::trace::{self, JsonTraceWrapper, Origin, TraceError};
+use super::trace::{self, JsonTraceStream, Origin};
 use crate::netns::{self, NetnsError};
 use crate::record::{Exchange, K8sMeta};
 use crate::sink::Backoff;
@@ -274,8 +274,7 @@ async fn session(
         connected_at.timestamp_nanos_opt().unwrap_or_default()
     );
     let log_file = target.log_file();
-    let cap = max_trace_bytes(request);
-    let mut buf: Vec<u8> = Vec::new();
+    let mut traces = JsonTraceStream::new(max_trace_bytes(request));
     let mut ordinal = 0u64;
     loop {
         let frame = tokio::select! {
@@ -291,59 +290,31 @@ async fn session(
                 Err(_) => continue, // trailers: none expected
             },
         };
-        buf.extend_from_slice(&data);
-        let mut consumed = 0;
-        {
-            let mut values =
-                serde_json::Deserializer::from_slice(&buf).into_iter::<JsonTraceWrapper>();
-            loop {
-                match values.next() {
-                    None => {
-                        consumed = values.byte_offset();
-                        break;
-                    }
-                    Some(Err(e)) if e.is_eof() => break,
-                    Some(Err(e)) => {
-                        return Err(TapError::Stream {
-                            target: label(),
-                            message: e.to_string(),
-                        })
-                    }
-                    Some(Ok(wrapper)) => {
-                        consumed = values.byte_offset();
-                        match wrapper.into_trace() {
-                            Ok(trace) => {
-                                let origin = Origin {
-                                    file: log_file.clone(),
-                                    ordinal,
-                                    id: trace::trace_id(&[
-                                        session_key.as_bytes(),
-                                        &ordinal.to_le_bytes(),
-                                    ]),
-                                    k8s: target.k8s.clone(),
-                                    received: chrono::Utc::now(),
-                                };
-                                ordinal += 1;
-                                stats.traces += 1;
-                                if tx.send(trace::to_exchange(trace, origin)).await.is_err() {
-                                    return Ok(End::ReceiverGone);
-                                }
-                            }
-                            Err(e @ (TraceError::Unsupported(_) | TraceError::Invalid(_))) => {
-                                stats.skipped += 1;
-                                tracing::warn!(target = %target.label, error = %e, "Skipped a tap message.");
-                            }
-                        }
+        let complete = traces.push(&data).map_err(|message| TapError::Stream {
+            target: label(),
+            message,
+        })?;
+        for trace in complete {
+            match trace {
+                Ok(trace) => {
+                    let origin = Origin {
+                        file: log_file.clone(),
+                        ordinal,
+                        id: trace::trace_id(&[session_key.as_bytes(), &ordinal.to_le_bytes()]),
+                        k8s: target.k8s.clone(),
+                        received: chrono::Utc::now(),
+                    };
+                    ordinal += 1;
+                    stats.traces += 1;
+                    if tx.send(trace::to_exchange(trace, origin)).await.is_err() {
+                        return Ok(End::ReceiverGone);
                     }
                 }
+                Err(e) => {
+                    stats.skipped += 1;
+                    tracing::warn!(target = %target.label, error = %e, "Skipped a tap message.");
+                }
             }
-        }
-        buf.drain(..consumed);
-        if buf.len() > cap {
-            return Err(TapError::Stream {
-                target: label(),
-                message: format!("a trace is larger than {cap} bytes"),
-            });
         }
     }
 }

@@ -181,6 +181,59 @@ pub fn parse_json_traces(bytes: &[u8]) -> Result<Vec<BufferedTrace>, TraceError>
         .collect()
 }
 
+/// Splits a byte stream of concatenated JSON traces (Envoy's admin `/tap` response, which
+/// neither frames nor newline-separates them) into whole traces, incrementally and bounded.
+#[derive(Debug)]
+pub struct JsonTraceStream {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl JsonTraceStream {
+    /// `cap`: the largest trace accepted, in bytes of JSON.
+    pub fn new(cap: usize) -> Self {
+        JsonTraceStream {
+            buf: Vec::new(),
+            cap,
+        }
+    }
+
+    /// Appends `data`; returns the traces it completed (none while a trace is incomplete), each
+    /// one parsed or the reason it is skipped. `Err` when the stream is not JSON objects or a
+    /// trace exceeds the cap: the stream cannot continue.
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<Result<BufferedTrace, TraceError>>, String> {
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        // Every JSON object ends with `}`: without one in the new bytes nothing was completed
+        // (the bytes before them were parsed when they came). This keeps a large trace arriving
+        // in many frames from being re-parsed once per frame.
+        if memchr::memchr(b'}', data).is_some() {
+            let mut values =
+                serde_json::Deserializer::from_slice(&self.buf).into_iter::<JsonTraceWrapper>();
+            let mut consumed = 0;
+            loop {
+                match values.next() {
+                    None => {
+                        consumed = values.byte_offset();
+                        break;
+                    }
+                    Some(Err(e)) if e.is_eof() => break,
+                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Ok(wrapper)) => {
+                        consumed = values.byte_offset();
+                        out.push(wrapper.into_trace());
+                    }
+                }
+            }
+            self.buf.drain(..consumed);
+        }
+        if self.buf.len() > self.cap {
+            return Err(format!("a trace is larger than {} bytes", self.cap));
+        }
+        Ok(out)
+    }
+}
+
 // --- binary protobuf (`PROTO_BINARY`, `PROTO_BINARY_LENGTH_DELIMITED`) ---
 
 use envoy_types::pb::envoy::data::tap::v3 as pb;
@@ -479,6 +532,33 @@ mod tests {
         let mut two = wrapper.encode_length_delimited_to_vec();
         two.extend(wrapper.encode_length_delimited_to_vec());
         assert_eq!(parse_proto_delimited_traces(&two).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_stream_of_traces_is_split_whatever_the_frames() {
+        let mut stream = TWO_TRACES.as_bytes().to_vec();
+        stream.extend_from_slice(b"\n  ");
+        for frame_size in [1, 7, 64, stream.len()] {
+            let mut split = JsonTraceStream::new(1 << 20);
+            let mut traces = Vec::new();
+            for frame in stream.chunks(frame_size) {
+                traces.extend(split.push(frame).unwrap());
+            }
+            assert_eq!(traces.len(), 2, "frames of {frame_size}");
+            assert!(traces.iter().all(Result::is_ok));
+            assert!(split.buf.iter().all(u8::is_ascii_whitespace));
+        }
+        let mut split = JsonTraceStream::new(1 << 20);
+        let skipped = split
+            .push(b"{\"http_streamed_trace_segment\": {}}{\"http_buffered_trace\": {}}")
+            .unwrap();
+        assert!(matches!(skipped[0], Err(TraceError::Unsupported(_))));
+        assert!(skipped[1].is_ok());
+        assert!(JsonTraceStream::new(1 << 20).push(b"<html>}").is_err());
+        let mut small = JsonTraceStream::new(10);
+        assert!(small
+            .push(b"{\"http_buffered_trace\": {\"request\"")
+            .is_err());
     }
 
     #[test]
