@@ -247,9 +247,14 @@ fn admin_target(args: &TapArgs) -> anyhow::Result<AdminTarget> {
         };
         (Target::PodUid(uid), pod.clone(), Some(k8s))
     } else if let Some(uid) = &args.pod_uid {
-        (Target::PodUid(uid.clone()), format!("pod {uid}"), None)
+        let k8s = pod_of_uid(&roots.log_root, uid);
+        let label = k8s.as_ref().map_or_else(
+            || format!("pod-uid/{uid}"),
+            |k| format!("{}/{}", k.namespace, k.pod),
+        );
+        (Target::PodUid(uid.clone()), label, k8s)
     } else if let Some(pid) = args.pid {
-        (Target::Pid(pid), format!("pid {pid}"), None)
+        (Target::Pid(pid), format!("pid/{pid}"), None)
     } else if let Some(path) = &args.netns {
         (Target::Path(path.clone()), path.display().to_string(), None)
     } else {
@@ -265,6 +270,22 @@ fn admin_target(args: &TapArgs) -> anyhow::Result<AdminTarget> {
         netns: Some(netns),
         label,
         k8s,
+    })
+}
+
+/// The pod whose kubelet log directory `<log_root>/<namespace>_<name>_<uid>` has this UID, if any.
+fn pod_of_uid(log_root: &std::path::Path, uid: &str) -> Option<K8sMeta> {
+    let suffix = format!("_{uid}");
+    std::fs::read_dir(log_root).ok()?.find_map(|entry| {
+        let name = entry.ok()?.file_name().into_string().ok()?;
+        let (namespace, pod) = name.strip_suffix(&suffix)?.split_once('_')?;
+        Some(K8sMeta {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            pod_uid: uid.to_string(),
+            container: "istio-proxy".into(),
+            ..Default::default()
+        })
     })
 }
 

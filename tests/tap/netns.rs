@@ -1,6 +1,6 @@
 //! The namespace path: a real Envoy inside a network namespace the test creates, whose admin port
 //! is not reachable from the test's namespace; `meshtap tap` reaches it only by entering the
-//! namespace (setns), named by `--netns`, `--pid` or `--pod` (through a kubelet-like log root and
+//! namespace (setns), named by `--netns`, `--pid`, `--pod` or `--pod-uid` (through a kubelet-like log root and
 //! a /proc tree whose cgroup names the pod).
 
 use std::net::TcpStream;
@@ -48,7 +48,7 @@ fn envoy_admin_in_another_netns_is_tapped_through_setns() {
     let pid = envoy.pid().to_string();
     let log_root = log_root.to_string_lossy().into_owned();
     let proc_root = proc_root.to_string_lossy().into_owned();
-    let cases: [(&str, Vec<&str>); 3] = [
+    let cases: [(&str, Vec<&str>); 4] = [
         ("--netns", vec!["--netns", &netns_path]),
         ("--pid", vec!["--pid", &pid]),
         (
@@ -56,6 +56,17 @@ fn envoy_admin_in_another_netns_is_tapped_through_setns() {
             vec![
                 "--pod",
                 "shop/cart-1",
+                "--log-root",
+                &log_root,
+                "--proc-root",
+                &proc_root,
+            ],
+        ),
+        (
+            "--pod-uid",
+            vec![
+                "--pod-uid",
+                UID,
                 "--log-root",
                 &log_root,
                 "--proc-root",
@@ -87,7 +98,7 @@ fn envoy_admin_in_another_netns_is_tapped_through_setns() {
             "{name}"
         );
         assert_eq!(record["response"]["body"], "direct-response-body", "{name}");
-        if name == "--pod" {
+        if name == "--pod" || name == "--pod-uid" {
             assert_eq!(record["k8s"]["namespace"], "shop");
             assert_eq!(record["k8s"]["pod"], "cart-1");
             assert_eq!(record["k8s"]["pod_uid"], UID);
