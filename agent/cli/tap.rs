@@ -18,6 +18,7 @@ use crate::netns::{self, Roots, Target};
 use crate::output::NdjsonWriter;
 use crate::record::{Exchange, K8sMeta};
 use crate::sink::config::ConfiguredSink;
+use crate::sink::Sink as _;
 use crate::stage::Stages;
 use crate::tap::admin::{self, AdminTarget, Retry};
 use crate::tap::config::{MatchRules, TapRequest, DEFAULT_CONFIG_ID, DEFAULT_MAX_BUFFERED_BYTES};
@@ -142,8 +143,6 @@ impl Output {
         }
     }
 }
-
-use crate::sink::Sink as _;
 
 /// A broken stdout pipe (`meshtap tap ... | head`) ends the command quietly.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -96,8 +96,6 @@ struct Seen {
     modified: Option<SystemTime>,
     /// When the file was first seen with this size and mtime.
     since: Instant,
-    /// The last parse error, once it has been tried.
-    error: Option<String>,
 }
 
 /// Counters for the summary line.
@@ -181,7 +179,6 @@ impl TapDir {
                         len,
                         modified,
                         since: now,
-                        error: None,
                     });
                     continue;
                 }
@@ -192,7 +189,6 @@ impl TapDir {
                     len,
                     modified,
                     since: now,
-                    error: None,
                 };
                 continue;
             }
@@ -200,12 +196,9 @@ impl TapDir {
             if stable_for < self.settings.settle {
                 continue;
             }
-            let bytes = match std::fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    seen.error = Some(e.to_string());
-                    continue;
-                }
+            // Unreadable right now (e.g. removed meanwhile): the next poll tries again.
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
             };
             match parse(format, &bytes) {
                 Ok(traces) => {
@@ -217,7 +210,8 @@ impl TapDir {
                     self.seen.remove(&path);
                     self.quarantine(&path, &e.to_string());
                 }
-                Err(e) => seen.error = Some(e.to_string()),
+                // Not complete yet (or never will be: quarantined after `give_up`).
+                Err(_) => {}
             }
         }
         // Files that went away (moved by someone else) are no longer pending.
