@@ -145,8 +145,8 @@ fn sigterm_detaches_so_another_client_can_attach() {
     first.terminate();
     let (ok, stderr) = first.wait_exit();
     assert!(ok, "SIGTERM is a clean stop: {stderr}");
-    // Envoy notices the closed connection; the next client attaches (retrying briefly is not
-    // needed: the detach happened before meshtap exited).
+    // Envoy notices the closed connection asynchronously; the next client attaches (the CLI
+    // retries "already exists" for its first 2 s, so a just-closed stream does not fail it).
     let mut next = TapCli::spawn(&["--admin", &admin, "--count", "1"]);
     next.wait_attached(1);
     super::envoy::http_exchange(envoy.listener, "GET", "/next", b"");
