@@ -35,3 +35,4 @@ pub mod run;
 pub mod sink;
 pub mod stage;
 pub mod tail;
+pub mod tap;

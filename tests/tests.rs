@@ -5,6 +5,7 @@
 mod agent;
 mod real_envoy;
 mod support;
+mod tap;
 
 mod bad_input;
 mod deploy;

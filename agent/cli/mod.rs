@@ -3,6 +3,7 @@
 pub mod envoyfilter;
 pub mod parse;
 pub mod run;
+pub mod tap;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,9 @@ pub enum Command {
     /// Print an Istio EnvoyFilter that installs meshtap's v2 Lua filter, limited to the workloads,
     /// direction, paths and methods given, with the body cap and the headers never logged.
     Envoyfilter(envoyfilter::EnvoyFilterArgs),
+    /// Stream records from Envoy's tap filter: attach to a sidecar's admin `/tap` endpoint
+    /// (entering the pod's network namespace) or read a `file_per_tap` directory.
+    Tap(Box<tap::TapArgs>),
 }
 
 /// Sets up meshtap's own diagnostic log on stderr: `MESHTAP_LOG`, else `RUST_LOG`, overrides
@@ -52,5 +56,35 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Parse(args) => parse::run(args),
         Command::Run(args) => run::run(args),
         Command::Envoyfilter(args) => envoyfilter::run(args),
+        Command::Tap(args) => tap::run(*args),
     }
+}
+
+/// Delivers `batch` to `sink` with the agent's retry policy, giving up after `timeout` of
+/// failures (the one-shot commands' `--sink-timeout`).
+pub(crate) async fn deliver_within(
+    sink: &mut crate::sink::config::ConfiguredSink,
+    batch: &[crate::record::Exchange],
+    timeout: std::time::Duration,
+) -> Result<(), crate::sink::SinkError> {
+    let mut backoff = crate::sink::Backoff::try_new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(5),
+    )
+    .expect("valid backoff");
+    let (give_up_tx, give_up) = tokio::sync::watch::channel(false);
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        let _ = give_up_tx.send(true);
+    });
+    let result = crate::sink::deliver_with_retry(
+        sink,
+        batch,
+        &mut backoff,
+        &give_up,
+        |error| tracing::warn!(%error, "Could not deliver a batch; retrying."),
+    )
+    .await;
+    timer.abort();
+    result
 }

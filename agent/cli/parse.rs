@@ -163,32 +163,14 @@ fn replay_into_sink(
             }
             summary
         });
-        let (give_up_tx, give_up) = tokio::sync::watch::channel(false);
         let mut delivered = 0usize;
         while let Some(batch) = rx.recv().await {
-            let mut backoff = crate::sink::Backoff::try_new(
-                std::time::Duration::from_millis(100),
-                std::time::Duration::from_secs(5),
-            )
-            .expect("valid backoff");
-            let deadline =
-                tokio::time::Instant::now() + std::time::Duration::from_secs(args.sink_timeout);
-            let timer = {
-                let give_up_tx = give_up_tx.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep_until(deadline).await;
-                    let _ = give_up_tx.send(true);
-                })
-            };
-            let result = crate::sink::deliver_with_retry(
+            let result = super::deliver_within(
                 &mut sink,
                 &batch,
-                &mut backoff,
-                &give_up,
-                |error| tracing::warn!(%error, "Could not deliver a batch; retrying."),
+                std::time::Duration::from_secs(args.sink_timeout),
             )
             .await;
-            timer.abort();
             result.with_context(|| {
                 format!(
                     "delivering to the {} sink ({delivered} exchanges delivered before)",

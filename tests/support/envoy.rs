@@ -111,7 +111,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A `--base-id` no other Envoy of this machine's test runs uses at the same time.
-fn next_base_id() -> u32 {
+pub fn next_base_id() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed) % 64;
     1000 + (std::process::id() % 60_000) * 64 + n
