@@ -8,5 +8,6 @@ mod support;
 
 mod bad_input;
 mod e2e_sinks;
+mod policy;
 mod replay;
 mod v1_assembly;

@@ -543,6 +543,54 @@ mod tests {
         assert_eq!(run(&mut stage, &pod("a"), 2), [keep, limited]);
     }
 
+    #[test]
+    fn shipped_example_policy_loads_and_decides_as_its_comments_say() {
+        let c = crate::config::Config::from_yaml(include_str!("../../config/meshtap-policy.yaml"))
+            .unwrap();
+        assert_eq!(c.sink.name(), "file");
+        assert_eq!(c.policy.rules.len(), 10);
+        let mut stage =
+            PolicyStage::with_clock(&c.policy, Box::new(ManualClock::default())).unwrap();
+        let with = |f: &dyn Fn(&mut Exchange)| {
+            let mut ex = exchange();
+            f(&mut ex);
+            ex
+        };
+        // The base exchange: payments, 503 -> payments-errors keeps it whole (bodies < 64 KiB).
+        let mut ex = exchange();
+        assert_eq!(stage.process(&mut ex), Verdict::Keep);
+        assert_eq!(ex, exchange());
+        let probe = with(&|ex| ex.request.as_mut().unwrap().path = Some("/healthz".into()));
+        assert_eq!(verdict(&mut stage, &probe), Verdict::Drop("policy"));
+        let system = with(&|ex| ex.k8s.as_mut().unwrap().namespace = "kube-system".into());
+        assert_eq!(verdict(&mut stage, &system), Verdict::Drop("policy"));
+        // payments-json: 200 with a big JSON body -> cut at 4096.
+        let mut ok = with(&|ex| {
+            ex.response.as_mut().unwrap().status = Some(200);
+            ex.request.as_mut().unwrap().body = vec![b'{'; 10_000];
+        });
+        assert_eq!(stage.process(&mut ok), Verdict::Keep);
+        assert_eq!(ok.request.as_ref().unwrap().body.len(), 4096);
+        assert_eq!(
+            ok.request.as_ref().unwrap().truncated_reason.as_deref(),
+            Some("policy rule \"payments-json\" max_body_bytes (4096)")
+        );
+        // Catalog reads: about one in ten.
+        let mut kept = 0;
+        for i in 0..2000 {
+            let mut ex = with(&|ex| {
+                ex.k8s.as_mut().unwrap().labels.clear();
+                let rq = ex.request.as_mut().unwrap();
+                rq.method = Some("GET".into());
+                rq.path = Some("/api/v1/catalog/items".into());
+                ex.response.as_mut().unwrap().status = Some(200);
+            });
+            ex.id = format!("x-{i}");
+            kept += usize::from(stage.process(&mut ex) == Verdict::Keep);
+        }
+        assert!((150..=250).contains(&kept), "{kept}");
+    }
+
     fn invalid(yaml: &str) -> String {
         match crate::config::Config::from_yaml(yaml) {
             Ok(_) => panic!("{yaml}: accepted"),
