@@ -101,9 +101,18 @@ pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
 
     let mut stderr = io::stderr().lock();
     if args.summary_json {
-        let mut json = serde_json::to_value(&summary)?;
-        json["dropped"] = serde_json::to_value(&dropped)?;
-        writeln!(stderr, "{json}")?;
+        /// The summary's fields in their order, then the drops.
+        #[derive(serde::Serialize)]
+        struct WithDrops<'a> {
+            #[serde(flatten)]
+            summary: &'a pipeline::Summary,
+            dropped: &'a BTreeMap<&'static str, u64>,
+        }
+        let json = WithDrops {
+            summary: &summary,
+            dropped: &dropped,
+        };
+        writeln!(stderr, "{}", serde_json::to_string(&json)?)?;
     } else {
         let a = &summary.assemble;
         writeln!(
