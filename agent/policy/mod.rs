@@ -120,7 +120,14 @@ impl Policy {
 pub struct PolicyStage {
     policy: Policy,
     clock: Box<dyn Clock>,
+    /// Rate-limited drops since the last warning, and when that was: the agent's log says that
+    /// limits are shedding traffic at most once a minute (the metric counts every drop).
+    limited: u64,
+    last_warning: Option<u64>,
 }
+
+/// Nanoseconds between two warnings about rate-limited drops.
+const WARN_EVERY: u64 = 60_000_000_000;
 
 impl PolicyStage {
     /// The stage for `c`, on the real clock.
@@ -133,6 +140,8 @@ impl PolicyStage {
         Ok(PolicyStage {
             policy: Policy::compile(c)?,
             clock,
+            limited: 0,
+            last_warning: None,
         })
     }
 }
@@ -154,6 +163,19 @@ impl Stage for PolicyStage {
         if let Some(limiter) = &mut self.policy.limiter {
             let now = self.clock.now_nanos();
             if !limiter.admit(ratelimit::pod_key(ex), ratelimit::body_bytes(ex), now) {
+                self.limited += 1;
+                if self
+                    .last_warning
+                    .is_none_or(|last| now.saturating_sub(last) >= WARN_EVERY)
+                {
+                    tracing::warn!(
+                        dropped = self.limited,
+                        "Capture rate limit reached: exchanges over policy.rate_limits are \
+                         dropped (meshtap_exchanges_dropped_total{{reason=\"rate_limited\"}})."
+                    );
+                    self.last_warning = Some(now);
+                    self.limited = 0;
+                }
                 return Verdict::Drop(DROP_RATE_LIMITED);
             }
         }

@@ -320,6 +320,12 @@ fn the_agent_delivers_what_the_policy_keeps_and_counts_every_drop() {
             "{reason}\n{page}"
         );
     }
+    assert_eq!(
+        agent_stderr().matches("Capture rate limit reached").count(),
+        1,
+        "one warning for the whole burst of refusals (at most one a minute)\n{}",
+        agent_stderr()
+    );
     let sink = read_sink(&out, 5);
     assert_eq!(
         sink.records.len(),
