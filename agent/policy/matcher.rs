@@ -124,7 +124,9 @@ impl Matcher {
         }
         if !m.method.is_empty() {
             for (i, method) in m.method.iter().enumerate() {
-                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+                // An HTTP token (RFC 9110 tchar): `GET`, `M-SEARCH`, ...
+                let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                if method.is_empty() || !method.bytes().all(tchar) {
                     return Err(format!(
                         "match.method[{i}]: {method:?} is not an HTTP method"
                     ));
@@ -307,7 +309,10 @@ impl Cond {
             Cond::Status(ranges) => ex
                 .response
                 .as_ref()
-                .and_then(|r| r.status)
+                .and_then(|r| {
+                    r.status
+                        .or_else(|| first_header(r, ":status")?.trim().parse().ok())
+                })
                 .is_some_and(|s| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&s))),
             Cond::Path(text) => request
                 .and_then(|r| r.path.as_deref().or_else(|| first_header(r, ":path")))

@@ -295,6 +295,7 @@ mod tests {
             ("method: [POST]", true),
             ("method: [get, post]", true),
             ("method: [GET]", false),
+            ("method: [M-SEARCH, POST]", true),
             ("path: {exact: /api/v2/charge}", true),
             ("path: {exact: \"/api/v2/charge?debug=1\"}", false),
             ("path: {prefix: /api/}", true),
@@ -385,6 +386,10 @@ mod tests {
         assert!(matcher("method: [GET]").matches(&ex));
         assert!(matcher("path: {exact: /x}").matches(&ex));
         assert!(matcher("host: {exact: a.example}").matches(&ex));
+        ex.response.as_mut().unwrap().status = None;
+        assert!(matcher("status: [503]").matches(&ex), "from :status");
+        ex.response.as_mut().unwrap().headers = None;
+        assert!(!matcher("status: [503]").matches(&ex));
     }
 
     #[test]
@@ -653,7 +658,7 @@ mod tests {
             ("policy:\n  rules:\n  - name: r\n    action: drop\n    max_body_bytes: 10\n", &["max_body_bytes has no effect"]),
             ("policy:\n  rules:\n  - name: a\n  - name: a\n", &["policy.rules[1] (\"a\")", "also used by policy.rules[0]"]),
             ("policy:\n  rules:\n  - name: \"\"\n", &["policy.rules[0]: name must not be empty"]),
-            ("policy:\n  rules:\n  - name: r\n    match: {method: [\"GET /\"]}\n", &["match.method[0]"]),
+            ("policy:\n  rules:\n  - name: r\n    match: {method: [\"GET /\"]}\n", &["match.method[0]", "is not an HTTP method"]),
             ("policy:\n  rules:\n  - name: r\n    match: {source: [envoy]}\n", &["envoy"]),
             ("policy:\n  rules:\n  - name: r\n    match: {workload: {}}\n", &["match.workload: give kind, name or both"]),
             (
