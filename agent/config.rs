@@ -36,6 +36,8 @@ pub struct Config {
     pub ops: crate::ops::OpsConfig,
     /// `meshtap run`: the agent's own diagnostic log (on stderr).
     pub log: LogConfig,
+    /// Which exchanges are delivered, how much of their bodies, and how many (docs/policy.md).
+    pub policy: crate::policy::PolicyConfig,
 }
 
 /// How the agent's own log (stderr) is written.
@@ -266,6 +268,7 @@ impl Config {
             }
         }
         self.sink.validate()?;
+        crate::policy::Policy::compile(&self.policy).map_err(|e| e.to_string())?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| format!("log.level {:?} is not a valid filter: {e}", self.log.level))?;
         if a.container.is_empty() || a.log_root.as_os_str().is_empty() {
@@ -326,6 +329,7 @@ mod tests {
         assert_eq!(shipped.ops.enabled, defaults.ops.enabled);
         assert_eq!(shipped.ops.listen, defaults.ops.listen);
         assert_eq!(shipped.sink.name(), defaults.sink.name());
+        assert_eq!(shipped.policy, defaults.policy);
         let (s, d) = (&shipped.agent, &defaults.agent);
         assert_eq!(
             (&s.log_root, &s.container, &s.state_dir, s.start_at),

@@ -10,7 +10,8 @@
 //! 4. [`marker`]: each Lua message classified as a `[logPayload]` event of the seed's format (v1) or
 //!    of meshtap's own filter (v2).
 //! 5. [`assemble`]: events reassembled into one [`record::Exchange`] per request/response.
-//! 6. [`stage`]: the stages every exchange passes before delivery (enrichment, policy, redaction).
+//! 6. [`stage`]: the stages every exchange passes before delivery (enrichment, [`policy`] (rules,
+//!    sampling, body limits, rate limits), redaction).
 //! 7. [`output`] and [`sink`]: exchanges written out (NDJSON, files, Kafka, OTLP).
 //!
 //! [`pipeline`] wires the stages together for one file; [`k8s`] derives pod identity from log paths.
@@ -29,6 +30,7 @@ pub mod netns;
 pub mod ops;
 pub mod output;
 pub mod pipeline;
+pub mod policy;
 pub mod read;
 pub mod record;
 pub mod run;

@@ -8,7 +8,11 @@ use crate::config::{Config, ConfigError};
 use crate::record::Exchange;
 
 /// Every `reason` a stage may drop an exchange for, created at zero in the metrics up front.
-pub const DROP_REASONS: [&str; 1] = ["policy"];
+pub const DROP_REASONS: [&str; 3] = [
+    crate::policy::DROP_POLICY,
+    crate::policy::DROP_SAMPLED,
+    crate::policy::DROP_RATE_LIMITED,
+];
 
 /// What a stage decided about an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +38,19 @@ pub struct Stages {
 impl Stages {
     /// The stages the configuration asks for (Kubernetes enrichment is added by `meshtap run`,
     /// which owns the API connection).
-    pub fn from_config(_config: &Config) -> Result<Stages, ConfigError> {
-        Ok(Stages::default())
+    pub fn from_config(config: &Config) -> Result<Stages, ConfigError> {
+        let mut stages = Stages::default();
+        // No rules and no limits: the policy changes nothing, so it costs nothing.
+        if !config.policy.is_empty() {
+            let policy = crate::policy::PolicyStage::new(&config.policy).map_err(|e| {
+                ConfigError::Invalid {
+                    path: "(policy)".to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+            stages.push(policy);
+        }
+        Ok(stages)
     }
 
     /// Appends a stage at the end of the chain.

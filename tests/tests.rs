@@ -11,5 +11,6 @@ mod bad_input;
 mod deploy;
 mod e2e_sinks;
 mod envoyfilter;
+mod policy;
 mod replay;
 mod v1_assembly;

@@ -1,5 +1,6 @@
 //! `meshtap parse FILE...`: exchanges as NDJSON on stdout, a summary on stderr.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
@@ -72,7 +73,7 @@ pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
     }
 
     let mut stages = Stages::from_config(&config)?;
-    let summary = if args.sink {
+    let (summary, dropped) = if args.sink {
         replay_into_sink(&args, &config, settings, stages)?
     } else {
         let stdout = io::stdout().lock();
@@ -95,19 +96,30 @@ pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
             return Err(e).context("writing exchanges to stdout");
         }
         writer.flush().context("writing exchanges to stdout")?;
-        summary
+        (summary, dropped_counts(&stages))
     };
 
     let mut stderr = io::stderr().lock();
     if args.summary_json {
-        writeln!(stderr, "{}", serde_json::to_string(&summary)?)?;
+        /// The summary's fields in their order, then the drops.
+        #[derive(serde::Serialize)]
+        struct WithDrops<'a> {
+            #[serde(flatten)]
+            summary: &'a pipeline::Summary,
+            dropped: &'a BTreeMap<&'static str, u64>,
+        }
+        let json = WithDrops {
+            summary: &summary,
+            dropped: &dropped,
+        };
+        writeln!(stderr, "{}", serde_json::to_string(&json)?)?;
     } else {
         let a = &summary.assemble;
         writeln!(
             stderr,
             "meshtap parse: {} files, {} lines, {} lua messages, {} exchanges ({} incomplete, {} with warnings), \
              {} skipped ({} malformed container lines, {} stray lines, {} unattributed v1 messages, {} malformed v2 lines), \
-             {} lua script errors",
+             {} lua script errors, {} dropped by the stages ({})",
             summary.files,
             summary.lines,
             summary.envoy.lua_messages,
@@ -120,12 +132,28 @@ pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
             a.unattributed_v1,
             a.malformed_v2,
             a.script_errors,
+            dropped.values().sum::<u64>(),
+            dropped
+                .iter()
+                .map(|(reason, n)| format!("{reason} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         )?;
     }
     for error in &summary.errors {
         writeln!(stderr, "meshtap parse: error: {error}")?;
     }
     Ok(if summary.errors.is_empty() { 0 } else { 1 })
+}
+
+/// Exchanges the stages dropped, by reason; every known reason is present (0 when none).
+fn dropped_counts(stages: &Stages) -> BTreeMap<&'static str, u64> {
+    let mut counts: BTreeMap<&'static str, u64> =
+        crate::stage::DROP_REASONS.iter().map(|r| (*r, 0)).collect();
+    for (reason, n) in stages.dropped() {
+        *counts.entry(reason).or_default() += n;
+    }
+    counts
 }
 
 /// Parses on a blocking thread and delivers batches to the configured sink as they come, with
@@ -135,7 +163,7 @@ fn replay_into_sink(
     config: &Config,
     settings: pipeline::Settings,
     mut stages: Stages,
-) -> anyhow::Result<pipeline::Summary> {
+) -> anyhow::Result<(pipeline::Summary, BTreeMap<&'static str, u64>)> {
     const BATCH: usize = 512;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -161,7 +189,7 @@ fn replay_into_sink(
             if !batch.is_empty() {
                 let _ = tx.blocking_send(batch);
             }
-            summary
+            (summary, dropped_counts(&stages))
         });
         let mut delivered = 0usize;
         while let Some(batch) = rx.recv().await {
@@ -179,11 +207,11 @@ fn replay_into_sink(
             })?;
             delivered += batch.len();
         }
-        let summary = parser.await.context("the parser thread failed")?;
+        let (summary, dropped) = parser.await.context("the parser thread failed")?;
         eprintln!(
             "meshtap parse: delivered {delivered} exchanges to the {} sink",
             config.sink.name()
         );
-        Ok(summary)
+        Ok((summary, dropped))
     })
 }
