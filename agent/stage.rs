@@ -8,7 +8,7 @@ use crate::config::{Config, ConfigError};
 use crate::record::Exchange;
 
 /// Every `reason` a stage may drop an exchange for, created at zero in the metrics up front.
-pub const DROP_REASONS: [&str; 1] = ["policy"];
+pub const DROP_REASONS: [&str; 2] = ["policy", "not_selected"];
 
 /// What a stage decided about an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
