@@ -115,16 +115,10 @@ impl Kubernetes {
         let timeout = Duration::from_secs(config.initial_sync_timeout_seconds);
         let first =
             tokio::time::timeout(timeout, sync_rx.wait_for(|s| *s != SyncState::Waiting)).await;
-        match first {
-            Ok(Ok(state)) => {
-                if let SyncState::Failed(error) = &*state {
-                    tracing::warn!(%node, %error,
-                        "The Kubernetes API did not list this node's pods; reading logs meanwhile (records get path-only metadata until it does).");
-                }
-            }
-            Ok(Err(_)) => {}
-            Err(_) => tracing::warn!(%node, ?timeout,
-                "The Kubernetes API did not list this node's pods in time; reading logs meanwhile."),
+        // A failed first attempt was logged by the watcher; only a silent API needs saying here.
+        if first.is_err() {
+            tracing::warn!(%node, ?timeout,
+                "The Kubernetes API did not list this node's pods in time; reading logs meanwhile.");
         }
         Ok(Kubernetes {
             selection,
