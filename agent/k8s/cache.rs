@@ -73,10 +73,18 @@ impl PodInfo {
         let owner = controller_of(meta.owner_references.as_deref().unwrap_or_default());
         let spec = pod.spec.unwrap_or_default();
         let status = pod.status.unwrap_or_default();
+        // A static pod's log directory is named after the static pod's UID (its config hash),
+        // which the API shows on the mirror pod as this annotation, not as the mirror's UID.
+        let uid = annotations
+            .get(MIRROR_ANNOTATION)
+            .filter(|hash| !hash.is_empty())
+            .cloned()
+            .or(meta.uid)
+            .unwrap_or_default();
         PodInfo {
             namespace: meta.namespace.unwrap_or_default(),
             name: meta.name.unwrap_or_default(),
-            uid: meta.uid.unwrap_or_default(),
+            uid,
             labels: kept,
             workload: None,
             service_account: spec.service_account_name.filter(|s| !s.is_empty()),
@@ -88,6 +96,9 @@ impl PodInfo {
         }
     }
 }
+
+/// Set by the kubelet on the API's mirror of a static pod: the static pod's UID.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 struct Entry {
     pod: Arc<PodInfo>,
@@ -302,6 +313,22 @@ pub(crate) mod tests {
             .unwrap()
             .insert("meshtap.io/capture".into(), "disabled".into());
         assert!(!PodInfo::from_pod(opted_out, &filter, &selection).selected);
+    }
+
+    #[test]
+    fn mirror_pods_are_keyed_like_their_log_directory() {
+        let mut pod = pod_json(
+            "mirror-uid",
+            serde_json::json!({"apiVersion": "v1",
+            "kind": "Node", "name": "node-a", "uid": "n", "controller": true}),
+        );
+        pod.metadata.annotations.as_mut().unwrap().insert(
+            MIRROR_ANNOTATION.into(),
+            "5e2a4a3f0bb8f6e2f4c5a1b2c3d4e5f6".into(),
+        );
+        let p = PodInfo::from_pod(pod, &LabelFilter::default(), &Selection::default());
+        assert_eq!(p.uid, "5e2a4a3f0bb8f6e2f4c5a1b2c3d4e5f6");
+        assert_eq!(p.owner.unwrap().kind, "Node");
     }
 
     #[test]
