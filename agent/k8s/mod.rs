@@ -130,11 +130,6 @@ impl Kubernetes {
     pub fn stage(&self, metrics: Arc<Metrics>) -> Enrich {
         Enrich::new(self.selection.clone(), self.pods.clone(), metrics)
     }
-
-    /// Whether the API is in use (a client configuration was found).
-    pub fn api_in_use(&self) -> bool {
-        self.pods.is_some()
-    }
 }
 
 /// A client from `kubernetes.kubeconfig`, else inferred (`$KUBECONFIG` or `~/.kube/config`, else

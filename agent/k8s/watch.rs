@@ -80,20 +80,14 @@ impl WatchTask<ApiReplicaSets> {
                     let Some(event) = event else { break };
                     match event {
                         Ok(event) => {
-                            if let Some(now_up) = self.handle(event).await {
-                                if up != Some(now_up) && now_up {
+                            if self.handle(event).await {
+                                if up != Some(true) {
                                     tracing::info!(node = %self.node, pods = self.pods.counts().0,
                                         "Watching this node's pods through the Kubernetes API.");
                                 }
-                                up = Some(now_up);
-                                self.metrics.kubernetes_up(now_up);
-                                sync.send_if_modified(|s| {
-                                    let first = *s == SyncState::Waiting;
-                                    if first {
-                                        *s = SyncState::Synced;
-                                    }
-                                    first
-                                });
+                                up = Some(true);
+                                self.metrics.kubernetes_up(true);
+                                first_outcome(&sync, SyncState::Synced);
                             }
                         }
                         Err(error) => {
@@ -111,14 +105,7 @@ impl WatchTask<ApiReplicaSets> {
                             }
                             up = Some(false);
                             self.metrics.kubernetes_up(false);
-                            let message = error.to_string();
-                            sync.send_if_modified(|s| {
-                                let first = *s == SyncState::Waiting;
-                                if first {
-                                    *s = SyncState::Failed(message);
-                                }
-                                first
-                            });
+                            first_outcome(&sync, SyncState::Failed(error.to_string()));
                         }
                     }
                     self.report();
@@ -130,24 +117,25 @@ impl WatchTask<ApiReplicaSets> {
 }
 
 impl<R: ReplicaSets> WatchTask<R> {
-    /// Applies one watcher event; `Some(true)` when it shows the watch is in sync.
-    pub async fn handle(&mut self, event: watcher::Event<Pod>) -> Option<bool> {
+    /// Applies one watcher event; true when it shows the watch is in sync (a list ended, or a
+    /// watch event arrived).
+    pub async fn handle(&mut self, event: watcher::Event<Pod>) -> bool {
         match event {
             watcher::Event::Init => {
                 self.pods.begin_list();
-                None
+                false
             }
             watcher::Event::InitApply(pod) => {
                 self.apply(pod).await;
-                None
+                false
             }
             watcher::Event::InitDone => {
                 self.pods.end_list(Instant::now());
-                Some(true)
+                true
             }
             watcher::Event::Apply(pod) => {
                 self.apply(pod).await;
-                Some(true)
+                true
             }
             watcher::Event::Delete(pod) => {
                 let mut info = PodInfo::from_pod(pod, &self.labels, &self.selection);
@@ -157,7 +145,7 @@ impl<R: ReplicaSets> WatchTask<R> {
                     }
                     self.pods.delete(info, Instant::now());
                 }
-                Some(true)
+                true
             }
         }
     }
@@ -198,6 +186,17 @@ impl<R: ReplicaSets> WatchTask<R> {
         let (live, deleted) = self.pods.counts();
         self.metrics.kubernetes_pods(live, deleted);
     }
+}
+
+/// Reports `outcome` unless an earlier one was.
+fn first_outcome(sync: &watch::Sender<SyncState>, outcome: SyncState) {
+    sync.send_if_modified(|s| {
+        let first = *s == SyncState::Waiting;
+        if first {
+            *s = outcome;
+        }
+        first
+    });
 }
 
 /// A `410 Gone` watch error: the resource version expired.
@@ -241,10 +240,10 @@ mod tests {
     #[tokio::test]
     async fn events_fill_the_cache_and_modifications_reuse_the_workload() {
         let mut t = task();
-        assert_eq!(t.handle(watcher::Event::Init).await, None);
+        assert!(!t.handle(watcher::Event::Init).await);
         let pod = pod_json("u1", rs_owner("reviews-v1-6b8d5c7f9"));
-        assert_eq!(t.handle(watcher::Event::InitApply(pod.clone())).await, None);
-        assert_eq!(t.handle(watcher::Event::InitDone).await, Some(true));
+        assert!(!t.handle(watcher::Event::InitApply(pod.clone())).await);
+        assert!(t.handle(watcher::Event::InitDone).await);
         let p = t.pods.get("u1").unwrap();
         assert_eq!(
             p.workload,
@@ -258,14 +257,14 @@ mod tests {
         t.resolver.expire(Instant::now() + REPLICASET_TTL);
         let mut modified = pod.clone();
         modified.status.as_mut().unwrap().pod_ip = Some("10.244.1.99".into());
-        assert_eq!(t.handle(watcher::Event::Apply(modified)).await, Some(true));
+        assert!(t.handle(watcher::Event::Apply(modified)).await);
         assert_eq!(t.resolver_reads(), 1);
         let p = t.pods.get("u1").unwrap();
         assert_eq!(p.pod_ip.as_deref(), Some("10.244.1.99"));
         assert!(p.workload.is_some());
 
         // Deletion keeps the pod, marked.
-        assert_eq!(t.handle(watcher::Event::Delete(pod)).await, Some(true));
+        assert!(t.handle(watcher::Event::Delete(pod)).await);
         assert!(t.pods.is_deleted("u1"));
         assert_eq!(
             t.pods.get("u1").unwrap().pod_ip.as_deref(),
