@@ -38,6 +38,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Which exchanges are delivered, how much of their bodies, and how many (docs/policy.md).
     pub policy: crate::policy::PolicyConfig,
+    /// `meshtap run`: enrichment from the Kubernetes API and selection of the pods captured.
+    pub kubernetes: crate::k8s::KubernetesConfig,
 }
 
 /// How the agent's own log (stderr) is written.
@@ -269,6 +271,7 @@ impl Config {
         }
         self.sink.validate()?;
         crate::policy::Policy::compile(&self.policy).map_err(|e| e.to_string())?;
+        self.kubernetes.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| format!("log.level {:?} is not a valid filter: {e}", self.log.level))?;
         if a.container.is_empty() || a.log_root.as_os_str().is_empty() {
@@ -330,6 +333,24 @@ mod tests {
         assert_eq!(shipped.ops.listen, defaults.ops.listen);
         assert_eq!(shipped.sink.name(), defaults.sink.name());
         assert_eq!(shipped.policy, defaults.policy);
+        let (sk, dk) = (&shipped.kubernetes, &defaults.kubernetes);
+        assert_eq!(
+            (sk.enabled, &sk.node_name, &sk.kubeconfig, &sk.labels),
+            (dk.enabled, &dk.node_name, &dk.kubeconfig, &dk.labels)
+        );
+        assert_eq!(
+            (sk.deletion_grace_seconds, sk.initial_sync_timeout_seconds),
+            (dk.deletion_grace_seconds, dk.initial_sync_timeout_seconds)
+        );
+        let (ss, ds) = (&sk.select, &dk.select);
+        assert_eq!(
+            (&ss.namespaces.include, &ss.namespaces.exclude, &ss.labels),
+            (&ds.namespaces.include, &ds.namespaces.exclude, &ds.labels)
+        );
+        assert_eq!(
+            (&ss.opt_out_annotation, ss.unknown_pods),
+            (&ds.opt_out_annotation, ds.unknown_pods)
+        );
         let (s, d) = (&shipped.agent, &defaults.agent);
         assert_eq!(
             (&s.log_root, &s.container, &s.state_dir, s.start_at),

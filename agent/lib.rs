@@ -14,7 +14,8 @@
 //!    sampling, body limits, rate limits), redaction).
 //! 7. [`output`] and [`sink`]: exchanges written out (NDJSON, files, Kafka, OTLP).
 //!
-//! [`pipeline`] wires the stages together for one file; [`k8s`] derives pod identity from log paths.
+//! [`pipeline`] wires the stages together for one file; [`k8s`] derives pod identity from log paths
+//! and, when the Kubernetes API is reachable, enriches records and selects the pods captured.
 
 pub mod assemble;
 pub mod checkpoint;

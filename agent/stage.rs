@@ -8,10 +8,11 @@ use crate::config::{Config, ConfigError};
 use crate::record::Exchange;
 
 /// Every `reason` a stage may drop an exchange for, created at zero in the metrics up front.
-pub const DROP_REASONS: [&str; 3] = [
+pub const DROP_REASONS: [&str; 4] = [
     crate::policy::DROP_POLICY,
     crate::policy::DROP_SAMPLED,
     crate::policy::DROP_RATE_LIMITED,
+    crate::k8s::enrich::NOT_SELECTED,
 ];
 
 /// What a stage decided about an exchange.

@@ -41,6 +41,18 @@ pub fn init_logging(level: &str, format: crate::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESHTAP_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // kube's HTTP layer logs every failed request at error level, so an unreachable API would
+    // log at each retry; the Kubernetes watcher reports it itself, once per outage. A filter that
+    // names kube_client keeps control.
+    let filter = if filter.to_string().contains("kube_client") {
+        filter
+    } else {
+        filter.add_directive(
+            "kube_client::client::builder=off"
+                .parse()
+                .expect("a valid directive"),
+        )
+    };
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);

@@ -221,7 +221,7 @@ impl Decoder {
         } else {
             reason
         };
-        if n <= 5 || n % 1000 == 0 {
+        if n <= 5 || n.is_multiple_of(1000) {
             tracing::warn!(
                 offset = line.offset,
                 format = ?self.format,

@@ -97,6 +97,9 @@ pub struct Metrics {
     checkpoint_lag: Arc<CheckpointLag>,
     checkpoint_writes: Counter,
     checkpoint_errors: Counter,
+    kubernetes_up: Gauge,
+    kubernetes_pods: Family<Labels<1>, Gauge>,
+    kubernetes_unenriched: Counter,
 }
 
 impl Default for Metrics {
@@ -184,6 +187,24 @@ impl Metrics {
             "1 while the sink delivers, 0 while it is failing",
             sink_up.clone(),
         );
+        let kubernetes_up = Gauge::default();
+        registry.register(
+            "meshtap_kubernetes_up",
+            "1 while the agent's watch of its node's pods is in sync with the Kubernetes API, 0 while it is not in use or failing",
+            kubernetes_up.clone(),
+        );
+        let kubernetes_pods = Family::<Labels<1>, Gauge>::default();
+        registry.register(
+            "meshtap_kubernetes_pods",
+            "Pods of this node held for enrichment, by state (live, or deleted and kept for the grace period)",
+            kubernetes_pods.clone(),
+        );
+        let kubernetes_unenriched = Counter::default();
+        registry.register(
+            "meshtap_kubernetes_unenriched_exchanges",
+            "Exchanges of pods the Kubernetes API had not (yet) told the agent about, delivered with path-only metadata",
+            kubernetes_unenriched.clone(),
+        );
         let checkpoint_lag = Arc::new(CheckpointLag::default());
         registry.register_collector(Box::new(Arc::clone(&checkpoint_lag)));
 
@@ -199,6 +220,9 @@ impl Metrics {
         }
         for reason in crate::stage::DROP_REASONS {
             let _created = dropped.get_or_create(&[("reason", reason)]);
+        }
+        for state in ["live", "deleted"] {
+            let _created = kubernetes_pods.get_or_create(&[("state", state)]);
         }
 
         Metrics {
@@ -218,7 +242,29 @@ impl Metrics {
             checkpoint_lag,
             checkpoint_writes,
             checkpoint_errors,
+            kubernetes_up,
+            kubernetes_pods,
+            kubernetes_unenriched,
         }
+    }
+
+    /// Sets `meshtap_kubernetes_up`: whether the pod watch is in sync with the API.
+    pub fn kubernetes_up(&self, up: bool) {
+        self.kubernetes_up.set(i64::from(up));
+    }
+
+    /// Sets how many pods are held for enrichment: live, and deleted but within the grace period.
+    pub fn kubernetes_pods(&self, live: usize, deleted: usize) {
+        for (state, n) in [("live", live), ("deleted", deleted)] {
+            self.kubernetes_pods
+                .get_or_create(&[("state", state)])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Counts an exchange of a pod the API had not told the agent about.
+    pub fn kubernetes_unenriched(&self) {
+        self.kubernetes_unenriched.inc();
     }
 
     /// Sets how many container log files are being tailed.
@@ -406,6 +452,9 @@ mod tests {
             "meshtap_checkpoint_lag_bytes gauge",
             "meshtap_checkpoint_writes counter",
             "meshtap_checkpoint_errors counter",
+            "meshtap_kubernetes_up gauge",
+            "meshtap_kubernetes_pods gauge",
+            "meshtap_kubernetes_unenriched_exchanges counter",
         ] {
             assert!(text.contains(&format!("# TYPE {family}\n")), "{family}");
         }
@@ -461,6 +510,9 @@ mod tests {
         m.sink_up("file", false);
         m.checkpoint_written(true);
         m.checkpoint_written(false);
+        m.kubernetes_up(true);
+        m.kubernetes_pods(7, 2);
+        m.kubernetes_unenriched();
         let text = m.encode();
         for (series, value) in [
             ("meshtap_files_tailed", 3.0),
@@ -503,6 +555,10 @@ mod tests {
             (r#"meshtap_sink_up{sink="file"}"#, 0.0),
             ("meshtap_checkpoint_writes_total", 1.0),
             ("meshtap_checkpoint_errors_total", 1.0),
+            ("meshtap_kubernetes_up", 1.0),
+            (r#"meshtap_kubernetes_pods{state="live"}"#, 7.0),
+            (r#"meshtap_kubernetes_pods{state="deleted"}"#, 2.0),
+            ("meshtap_kubernetes_unenriched_exchanges_total", 1.0),
         ] {
             assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
         }

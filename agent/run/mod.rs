@@ -53,6 +53,8 @@ pub enum RunError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Stages(crate::config::ConfigError),
+    #[error(transparent)]
+    Kubernetes(#[from] crate::k8s::K8sError),
     #[error("the reader thread failed: {0}")]
     Reader(String),
 }
@@ -114,7 +116,13 @@ async fn run_async(config: Config) -> Result<(), RunError> {
         shutdown_rx.clone(),
     ));
 
-    let stages = Stages::from_config(&config).map_err(RunError::Stages)?;
+    let mut stages = Stages::from_config(&config).map_err(RunError::Stages)?;
+    // Enrichment and selection come first: the policy matches on the labels they fill in.
+    // Started before the reader so the first records are enriched (see `Kubernetes::start`).
+    let kubernetes =
+        crate::k8s::Kubernetes::start(&config.kubernetes, metrics.clone(), shutdown_rx.clone())
+            .await?;
+    stages.push_front(kubernetes.stage(metrics.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let reader = reader::Reader::new(
         &config,

@@ -155,7 +155,7 @@ fn cri(
             line.chunks(max).collect()
         };
         for (i, piece) in pieces.iter().enumerate() {
-            if written > 0 && written % STDOUT_EVERY == 0 {
+            if written > 0 && written.is_multiple_of(STDOUT_EVERY) {
                 let now = clock.tick();
                 out.extend_from_slice(
                     format!(
@@ -203,7 +203,7 @@ fn docker(stderr: &[u8]) -> Vec<u8> {
             content.chunks(DOCKER_MAX_LINE).collect()
         };
         for (i, piece) in pieces.iter().enumerate() {
-            if written > 0 && written % STDOUT_EVERY == 0 {
+            if written > 0 && written.is_multiple_of(STDOUT_EVERY) {
                 let now = clock.tick();
                 out.push_str(&docker_entry(
                     &format!("{}\n", pilot_agent_line(stdout_lines, now)),

@@ -127,7 +127,7 @@ fn exchange(i: usize, ns: Option<&str>, body_bytes: usize) -> Exchange {
     };
     Exchange {
         id: format!("{i:032x}"),
-        source: if i % 3 == 0 {
+        source: if i.is_multiple_of(3) {
             Source::LuaV1
         } else {
             Source::LuaV2
