@@ -16,6 +16,7 @@
 //! [`pipeline`] wires the stages together for one file; [`k8s`] derives pod identity from log paths.
 
 pub mod assemble;
+pub mod capture;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
