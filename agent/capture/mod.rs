@@ -47,14 +47,20 @@ pub const CAPABILITIES: [(caps::Capability, &str); 3] = [
     ),
 ];
 
-/// The message for missing capabilities, or `None` when all are there.
-pub fn missing_capabilities_message() -> Option<String> {
-    let needed: Vec<caps::Capability> = CAPABILITIES.iter().map(|(c, _)| *c).collect();
-    let missing = crate::netns::missing_capabilities(&needed);
+/// The message for missing capabilities, or `None` when all are there. `other_process`: the
+/// namespace is found through another process's `/proc/PID/ns/net` (CAP_SYS_PTRACE).
+pub fn missing_capabilities_message(other_process: bool) -> Option<String> {
+    let needed: Vec<(caps::Capability, &str)> = CAPABILITIES
+        .iter()
+        .filter(|(c, _)| other_process || *c != caps::Capability::CAP_SYS_PTRACE)
+        .copied()
+        .collect();
+    let caps: Vec<caps::Capability> = needed.iter().map(|(c, _)| *c).collect();
+    let missing = crate::netns::missing_capabilities(&caps);
     if missing.is_empty() {
         return None;
     }
-    let why: Vec<String> = CAPABILITIES
+    let why: Vec<String> = needed
         .iter()
         .filter(|(c, _)| missing.contains(&c.to_string()))
         .map(|(c, why)| format!("{c} (missing) {why}"))

@@ -1,5 +1,6 @@
 //! Command-line interface: `meshtap <command>`. Each command is a file of its own.
 
+pub mod capture;
 pub mod parse;
 pub mod run;
 
@@ -24,6 +25,9 @@ pub enum Command {
     /// Run the node agent: tail every istio-proxy container log under the log root, reassemble
     /// exchanges and deliver them to the configured sink, checkpointing what was delivered.
     Run(run::RunArgs),
+    /// Capture HTTP/1.x exchanges from packets in a pod's network namespace: the fallback for
+    /// pods whose sidecar logs nothing. Needs CAP_NET_RAW, CAP_SYS_ADMIN and CAP_SYS_PTRACE.
+    Capture(Box<capture::CaptureArgs>),
 }
 
 /// Sets up meshtap's own diagnostic log on stderr: `MESHTAP_LOG`, else `RUST_LOG`, overrides
@@ -47,5 +51,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Parse(args) => parse::run(args),
         Command::Run(args) => run::run(args),
+        Command::Capture(args) => capture::run(*args),
     }
 }

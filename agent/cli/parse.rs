@@ -163,40 +163,7 @@ fn replay_into_sink(
             }
             summary
         });
-        let (give_up_tx, give_up) = tokio::sync::watch::channel(false);
-        let mut delivered = 0usize;
-        while let Some(batch) = rx.recv().await {
-            let mut backoff = crate::sink::Backoff::try_new(
-                std::time::Duration::from_millis(100),
-                std::time::Duration::from_secs(5),
-            )
-            .expect("valid backoff");
-            let deadline =
-                tokio::time::Instant::now() + std::time::Duration::from_secs(args.sink_timeout);
-            let timer = {
-                let give_up_tx = give_up_tx.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep_until(deadline).await;
-                    let _ = give_up_tx.send(true);
-                })
-            };
-            let result = crate::sink::deliver_with_retry(
-                &mut sink,
-                &batch,
-                &mut backoff,
-                &give_up,
-                |error| tracing::warn!(%error, "Could not deliver a batch; retrying."),
-            )
-            .await;
-            timer.abort();
-            result.with_context(|| {
-                format!(
-                    "delivering to the {} sink ({delivered} exchanges delivered before)",
-                    config.sink.name()
-                )
-            })?;
-            delivered += batch.len();
-        }
+        let delivered = deliver_batches(&mut sink, config, &mut rx, args.sink_timeout).await?;
         let summary = parser.await.context("the parser thread failed")?;
         eprintln!(
             "meshtap parse: delivered {delivered} exchanges to the {} sink",
@@ -204,4 +171,49 @@ fn replay_into_sink(
         );
         Ok(summary)
     })
+}
+
+/// Delivers batches from `rx` to `sink` as they come, with the agent's retry policy, giving up
+/// after `sink_timeout` seconds of failure on one batch; the number of exchanges delivered.
+/// Shared by `meshtap parse --sink` and `meshtap capture --sink`.
+pub(crate) async fn deliver_batches(
+    sink: &mut crate::sink::ConfiguredSink,
+    config: &Config,
+    rx: &mut tokio::sync::mpsc::Receiver<Vec<crate::record::Exchange>>,
+    sink_timeout: u64,
+) -> anyhow::Result<usize> {
+    let (give_up_tx, give_up) = tokio::sync::watch::channel(false);
+    let mut delivered = 0usize;
+    while let Some(batch) = rx.recv().await {
+        let mut backoff = crate::sink::Backoff::try_new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(5),
+        )
+        .expect("valid backoff");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(sink_timeout);
+        let timer = {
+            let give_up_tx = give_up_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(deadline).await;
+                let _ = give_up_tx.send(true);
+            })
+        };
+        let result = crate::sink::deliver_with_retry(
+            sink,
+            &batch,
+            &mut backoff,
+            &give_up,
+            |error| tracing::warn!(%error, "Could not deliver a batch; retrying."),
+        )
+        .await;
+        timer.abort();
+        result.with_context(|| {
+            format!(
+                "delivering to the {} sink ({delivered} exchanges delivered before)",
+                config.sink.name()
+            )
+        })?;
+        delivered += batch.len();
+    }
+    Ok(delivered)
 }
