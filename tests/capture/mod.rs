@@ -1,0 +1,188 @@
+//! `meshtap capture` against real traffic in network namespaces the test creates: a hyper server
+//! in namespace A, a client in namespace B across a veth pair (and one inside A over loopback),
+//! meshtap entering A through setns. Every record must match exactly what the server received and
+//! the client received: methods, paths, headers, bodies byte for byte.
+
+mod client;
+mod env;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::meshtap::{body, headers};
+use client::Got;
+use env::{Capture, Namespaces, Seen, Server};
+
+fn by_path<'a>(records: &'a [Value], path: &str) -> &'a Value {
+    let found: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["request"]["path"] == path)
+        .collect();
+    assert_eq!(found.len(), 1, "records for {path}: {found:#?}");
+    found[0]
+}
+
+/// Every exchange the client made has exactly one record equal to what both ends saw.
+fn assert_records_match(records: &[Value], seen: &[Seen], got: &[Got], netns: &str) {
+    assert_eq!(records.len(), got.len(), "one record per exchange");
+    assert_eq!(seen.len(), got.len(), "the server saw every request");
+    for g in got {
+        let s = seen
+            .iter()
+            .find(|s| s.path == g.path)
+            .expect("server saw it");
+        let r = by_path(records, &g.path);
+        let what = format!("record for {}: {r:#}", g.path);
+        assert_eq!(r["source"], "capture", "{what}");
+        assert_eq!(
+            r["log"]["file"],
+            format!("capture:/run/netns/{netns}"),
+            "{what}"
+        );
+        assert_eq!(r["complete"], true, "{what}");
+        assert_eq!(r["warnings"], serde_json::json!([]), "{what}");
+        let req = &r["request"];
+        assert_eq!(req["method"], s.method.as_str(), "{what}");
+        assert_eq!(headers(req).as_ref(), Some(&s.headers), "{what}");
+        assert_eq!(body(req).unwrap(), s.body, "request body of {}", g.path);
+        assert_eq!(req["body_size"], s.body.len() as u64, "{what}");
+        assert_eq!(req["body_truncated"], false, "{what}");
+        assert_eq!(req["ended"], true, "{what}");
+        if let Some(host) = s.headers.get("host") {
+            assert_eq!(req["authority"], host[0].as_str(), "{what}");
+        }
+        let resp = &r["response"];
+        assert_eq!(resp["status"], g.status, "{what}");
+        assert_eq!(headers(resp).as_ref(), Some(&g.headers), "{what}");
+        assert_eq!(body(resp).unwrap(), g.body, "response body of {}", g.path);
+        assert_eq!(resp["ended"], true, "{what}");
+    }
+}
+
+fn args(netns: &str, interface: &str, port: u16, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--netns",
+        &format!("/run/netns/{netns}"),
+        "--interface",
+        interface,
+        "--port",
+        &port.to_string(),
+        "--max-body-bytes",
+        "2000000",
+        "--summary-json",
+        "--duration",
+        "120",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn assert_no_loss(summary: &Value) {
+    assert_eq!(summary["kernel_drops"], 0, "{summary}");
+    assert_eq!(summary["queue_drops"], 0, "{summary}");
+    assert_eq!(summary["flows"]["gaps"], 0, "{summary}");
+}
+
+#[test]
+fn capture_across_a_veth_pair_matches_what_both_ends_saw() {
+    let ns = Namespaces::create();
+    let server = Server::start(&ns.a);
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("a.pcap");
+    let capture = Capture::start(&args(
+        &ns.a,
+        &ns.veth_a,
+        server.port,
+        &["--pcap", pcap.to_str().unwrap()],
+    ));
+    let addr = SocketAddr::from((ns.a_ip, server.port));
+    let got = env::in_netns(&ns.b, move || client::all(addr))
+        .join()
+        .unwrap();
+    capture.wait_for_records(got.len(), Duration::from_secs(60));
+    let (records, summary) = capture.stop();
+    assert_records_match(&records, &server.seen(), &got, &ns.a);
+    assert_no_loss(&summary);
+    assert_eq!(summary["interfaces"], serde_json::json!([ns.veth_a]));
+    // Connections: keep-alive, pipelined, 100-continue, close-delimited.
+    assert_eq!(summary["flows"]["connections"], 4, "{summary}");
+    assert_eq!(summary["flows"]["interim_responses"], 1, "{summary}");
+    // The pcap file holds every frame meshtap read, readable as Ethernet.
+    let frames = env::pcap_frames(&pcap);
+    assert_eq!(frames.len() as u64, summary["frames"].as_u64().unwrap());
+    assert!(frames.len() > 100, "a 1 MB body each way takes many frames");
+}
+
+#[test]
+fn capture_on_loopback_sees_each_packet_once() {
+    let ns = Namespaces::create();
+    let server = Server::start(&ns.a);
+    let capture = Capture::start(&args(&ns.a, "lo", server.port, &[]));
+    let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+    // Client and server in the same namespace: the app-to-sidecar hop of a pod.
+    let got = env::in_netns(&ns.a, move || client::all(addr))
+        .join()
+        .unwrap();
+    capture.wait_for_records(got.len(), Duration::from_secs(60));
+    let (records, summary) = capture.stop();
+    assert_records_match(&records, &server.seen(), &got, &ns.a);
+    assert_no_loss(&summary);
+    // Loopback hands packet sockets every frame twice (outgoing, then incoming): the outgoing
+    // copy is skipped, exactly once per frame used. (Byte-exact bodies above show that nothing
+    // was delivered twice; real TCP retransmissions on lo are counted, not an error.)
+    assert_eq!(
+        summary["skipped"]["loopback_outgoing_copy"], summary["frames"],
+        "{summary}"
+    );
+}
+
+#[test]
+fn path_prefix_and_count_select_exchanges() {
+    let ns = Namespaces::create();
+    let server = Server::start(&ns.a);
+    let capture = Capture::start(&args(&ns.a, &ns.veth_a, server.port, &["--path", "/pipe/"]));
+    let addr = SocketAddr::from((ns.a_ip, server.port));
+    let got = env::in_netns(&ns.b, move || client::pipelined(addr))
+        .join()
+        .unwrap();
+    // Traffic outside the prefix, on the same server, is left out.
+    let other = env::in_netns(&ns.b, move || client::expect_continue(addr))
+        .join()
+        .unwrap();
+    assert_eq!(other.status, 200);
+    capture.wait_for_records(3, Duration::from_secs(60));
+    let (records, summary) = capture.stop();
+    let seen: Vec<Seen> = server
+        .seen()
+        .into_iter()
+        .filter(|s| s.path.starts_with("/pipe/"))
+        .collect();
+    assert_records_match(&records, &seen, &got, &ns.a);
+    assert_eq!(summary["filtered_out"], 1, "{summary}");
+}
+
+#[test]
+fn a_missing_capability_is_named() {
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-net_raw", "--inh-caps=-net_raw"])
+        .arg(env!("CARGO_BIN_EXE_meshtap"))
+        .args(["capture", "--netns", "/proc/self/ns/net", "--duration", "1"])
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("capture needs CAP_NET_RAW (missing) to open a packet socket"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("CAP_SYS_ADMIN"),
+        "only what is missing is named: {stderr}"
+    );
+    assert!(stderr.contains("deploy/overlays/capture"), "{stderr}");
+}
