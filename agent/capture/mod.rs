@@ -253,6 +253,119 @@ pub fn start(netns: Netns, options: Options) -> Result<Capture, CaptureError> {
     }
 }
 
+/// Frames to exchanges: the part of a capture after the socket, shared by the live capture and
+/// [`replay`].
+struct Decoder<'a> {
+    flows: flows::Flows,
+    finished: Vec<flows::Finished>,
+    detected: Vec<flows::Detected>,
+    options: &'a Options,
+    origin: &'a Origin,
+}
+
+impl<'a> Decoder<'a> {
+    fn new(options: &'a Options, origin: &'a Origin) -> Decoder<'a> {
+        Decoder {
+            flows: flows::Flows::new(options.limits, options.ports.clone()),
+            finished: Vec::new(),
+            detected: Vec::new(),
+            options,
+            origin,
+        }
+    }
+
+    fn frame(&mut self, ts_ns: i64, data: &[u8], orig_len: usize, summary: &mut Summary) {
+        summary.frames += 1;
+        summary.frame_bytes += orig_len as u64;
+        if orig_len > data.len() {
+            *summary
+                .skipped
+                .entry("frame_larger_than_snaplen")
+                .or_default() += 1;
+            return;
+        }
+        match packet::parse(data, ts_ns) {
+            Ok(seg) => self.flows.push(seg, &mut self.finished, &mut self.detected),
+            Err(skip) => *summary.skipped.entry(skip.as_str()).or_default() += 1,
+        }
+    }
+
+    fn tick(&mut self, now_ns: i64) {
+        self.flows
+            .tick(now_ns, &mut self.finished, &mut self.detected);
+    }
+
+    fn shutdown(&mut self, now_ns: i64) {
+        self.flows
+            .shutdown(now_ns, &mut self.finished, &mut self.detected);
+    }
+
+    /// Hands finished exchanges that pass the path filter to `deliver`; true once `count`
+    /// exchanges were delivered.
+    fn emit(
+        &mut self,
+        summary: &mut Summary,
+        count: Option<u64>,
+        deliver: &mut dyn FnMut(Exchange) -> bool,
+    ) -> bool {
+        for d in self.detected.drain(..) {
+            tracing::warn!(
+                client = %d.client,
+                server = %d.server,
+                protocol = d.protocol.as_str(),
+                "Connection is not HTTP/1.x; it is reported, not parsed."
+            );
+        }
+        for f in self.finished.drain(..) {
+            summary.exchanges += 1;
+            if let Some(prefix) = &self.options.path_prefix {
+                let path = f.done.request.as_ref().and_then(|r| r.path.as_deref());
+                if !path.is_some_and(|p| p.starts_with(prefix.as_str())) {
+                    summary.filtered_out += 1;
+                    continue;
+                }
+            }
+            if count.is_some_and(|c| summary.delivered >= c) {
+                continue;
+            }
+            if deliver(exchange::build(f.done, &f.conn, self.origin)) {
+                summary.delivered += 1;
+            }
+        }
+        count.is_some_and(|c| summary.delivered >= c)
+    }
+}
+
+/// Decodes frames captured earlier (a pcap file, a test's altered packet order) exactly as a live
+/// capture would, ending every connection after the last frame.
+pub fn replay(
+    frames: impl IntoIterator<Item = (i64, Vec<u8>)>,
+    options: &Options,
+    origin: &Origin,
+) -> (Vec<Exchange>, Summary) {
+    let mut decoder = Decoder::new(options, origin);
+    let mut summary = Summary::default();
+    let mut out = Vec::new();
+    let mut last = 0;
+    for (ts, data) in frames {
+        last = last.max(ts);
+        decoder.frame(ts, &data, data.len(), &mut summary);
+        decoder.emit(&mut summary, None, &mut |e| {
+            out.push(e);
+            true
+        });
+    }
+    // Holes that were never filled are skipped as gaps, as the live capture does after a while.
+    decoder.tick(last + options.limits.tcp.gap_timeout_ns);
+    decoder.shutdown(last + options.limits.tcp.gap_timeout_ns);
+    decoder.emit(&mut summary, None, &mut |e| {
+        out.push(e);
+        true
+    });
+    summary.flows = decoder.flows.stats().clone();
+    (out, summary)
+}
+
 impl Capture {
     /// Captures until `until` says stop; each exchange that passes the path filter goes to
     /// `deliver`, which says whether it was delivered (counted against `until.count`).
@@ -278,44 +391,11 @@ impl Capture {
             .clone()
             .map(pcap::Rotating::create)
             .transpose()?;
-        let mut flows = flows::Flows::new(options.limits, options.ports.clone());
+        let mut decoder = Decoder::new(&options, origin);
         let deadline = until.duration.map(|d| Instant::now() + d);
-        let mut finished = Vec::new();
-        let mut detected = Vec::new();
         let mut last_tick = Instant::now();
         let mut count_reached = false;
         let mut error = None;
-
-        let mut emit = |finished: &mut Vec<flows::Finished>,
-                        detected: &mut Vec<flows::Detected>,
-                        summary: &mut Summary|
-         -> bool {
-            for d in detected.drain(..) {
-                tracing::warn!(
-                    client = %d.client,
-                    server = %d.server,
-                    protocol = d.protocol.as_str(),
-                    "Connection is not HTTP/1.x; it is reported, not parsed."
-                );
-            }
-            for f in finished.drain(..) {
-                summary.exchanges += 1;
-                if let Some(prefix) = &options.path_prefix {
-                    let path = f.done.request.as_ref().and_then(|r| r.path.as_deref());
-                    if !path.is_some_and(|p| p.starts_with(prefix.as_str())) {
-                        summary.filtered_out += 1;
-                        continue;
-                    }
-                }
-                if until.count.is_some_and(|c| summary.delivered >= c) {
-                    continue;
-                }
-                if deliver(exchange::build(f.done, &f.conn, origin)) {
-                    summary.delivered += 1;
-                }
-            }
-            until.count.is_some_and(|c| summary.delivered >= c)
-        };
 
         loop {
             if until.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -323,25 +403,13 @@ impl Capture {
             }
             match frames.recv_timeout(Duration::from_millis(100)) {
                 Ok(frame) => {
-                    summary.frames += 1;
-                    summary.frame_bytes += frame.orig_len as u64;
                     if let Some(p) = pcap.as_mut() {
                         if let Err(e) = p.write(frame.ts_ns, &frame.data, frame.orig_len) {
                             tracing::error!(error = %e, "Stopping the pcap output.");
                             pcap = None;
                         }
                     }
-                    if frame.orig_len > frame.data.len() {
-                        *summary
-                            .skipped
-                            .entry("frame_larger_than_snaplen")
-                            .or_default() += 1;
-                        continue;
-                    }
-                    match packet::parse(&frame.data, frame.ts_ns) {
-                        Ok(seg) => flows.push(seg, &mut finished, &mut detected),
-                        Err(skip) => *summary.skipped.entry(skip.as_str()).or_default() += 1,
-                    }
+                    decoder.frame(frame.ts_ns, &frame.data, frame.orig_len, &mut summary);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -351,9 +419,9 @@ impl Capture {
             }
             if last_tick.elapsed() >= Duration::from_millis(100) {
                 last_tick = Instant::now();
-                flows.tick(socket::now_ns(), &mut finished, &mut detected);
+                decoder.tick(socket::now_ns());
             }
-            if emit(&mut finished, &mut detected, &mut summary) {
+            if decoder.emit(&mut summary, until.count, deliver) {
                 count_reached = true;
                 break;
             }
@@ -362,15 +430,15 @@ impl Capture {
         drop(frames);
         let thread_result = thread.join();
         if count_reached {
-            summary.open_at_stop = flows.len() as u64;
+            summary.open_at_stop = decoder.flows.len() as u64;
         } else {
-            flows.shutdown(socket::now_ns(), &mut finished, &mut detected);
-            emit(&mut finished, &mut detected, &mut summary);
+            decoder.shutdown(socket::now_ns());
+            decoder.emit(&mut summary, until.count, deliver);
         }
         if let Some(p) = pcap {
             p.finish()?;
         }
-        summary.flows = flows.stats().clone();
+        summary.flows = decoder.flows.stats().clone();
         summary.queue_drops = shared.queue_drops.load(Ordering::Relaxed);
         summary.kernel_drops = shared.kernel.lock().expect("not poisoned").drops;
         for (reason, n) in shared.skipped.lock().expect("not poisoned").iter() {

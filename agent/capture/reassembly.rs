@@ -12,6 +12,11 @@
 //!   carries on after it;
 //! - FIN ends a direction once every byte before it arrived; RST ends both at once.
 //!
+//! Across directions, causality is kept with acknowledgment numbers: bytes that acknowledge
+//! bytes of the other direction not yet handed on (a response whose request frames the capture
+//! received later, as happens when the two directions are captured on different CPUs) wait until
+//! those bytes are handed on, the other direction ends, or the gap timeout passes.
+//!
 //! Nothing here allocates without bound: the caller owns the cap on connections and total bytes
 //! (see `super::flows`).
 
@@ -116,20 +121,37 @@ pub struct Stats {
     pub gap_bytes: u64,
 }
 
+/// An event waiting for the other direction to catch up.
+#[derive(Debug)]
+struct Held {
+    event: Event,
+    /// Stream offset of the other direction that must be handed on first.
+    need: Option<u64>,
+    /// This direction's stream offset once the event is handed on (data events).
+    end: Option<u64>,
+}
+
 #[derive(Debug, Default)]
 struct Half {
     /// Sequence number of stream offset 0, once known.
     base: Option<u32>,
     /// Stream offset of the next byte to deliver.
     delivered: u64,
-    /// Out-of-order segments by stream offset.
-    ooo: BTreeMap<u64, Vec<u8>>,
+    /// Out-of-order segments by stream offset, with the other direction's offset they need.
+    ooo: BTreeMap<u64, (Vec<u8>, Option<u64>)>,
     ooo_bytes: usize,
     /// Packet time the oldest out-of-order segment has waited since.
     hole_since: Option<i64>,
     /// Stream offset of the FIN, once seen.
     fin_at: Option<u64>,
     ended: bool,
+    /// Stream offset up to which data was handed on.
+    emitted: u64,
+    /// Events waiting for the other direction, in order.
+    held: std::collections::VecDeque<Held>,
+    held_bytes: usize,
+    /// Packet time the oldest held event has waited since.
+    held_since: Option<i64>,
 }
 
 impl Half {
@@ -197,9 +219,94 @@ impl Connection {
         self.halves[dir.index()].ended
     }
 
-    /// Bytes held in out-of-order buffers.
+    /// Bytes held in out-of-order buffers and waiting for the other direction.
     pub fn buffered_bytes(&self) -> usize {
-        self.halves.iter().map(|h| h.ooo_bytes).sum()
+        self.halves.iter().map(|h| h.ooo_bytes + h.held_bytes).sum()
+    }
+
+    /// The other direction's stream offset that `ack` acknowledges (only past bytes: the FIN's
+    /// sequence number is not data), if it says anything.
+    fn needed(&self, dir: Dir, ack: Option<u32>) -> Option<u64> {
+        let other = &self.halves[1 - dir.index()];
+        let off = other.offset(other.base?, ack?);
+        if off <= 0 {
+            return None;
+        }
+        let mut need = off as u64;
+        if let Some(fin) = other.fin_at {
+            need = need.min(fin);
+        }
+        Some(need)
+    }
+
+    fn satisfied(&self, dir: Dir, need: Option<u64>) -> bool {
+        let other = &self.halves[1 - dir.index()];
+        need.is_none_or(|n| other.ended || other.emitted >= n)
+    }
+
+    /// Hands `event` on, or holds it (behind earlier held events) until the other direction has
+    /// handed on `need`.
+    fn emit(
+        &mut self,
+        dir: Dir,
+        event: Event,
+        need: Option<u64>,
+        end: Option<u64>,
+        out: &mut Vec<Event>,
+    ) {
+        let ready = self.halves[dir.index()].held.is_empty() && self.satisfied(dir, need);
+        let half = &mut self.halves[dir.index()];
+        if ready {
+            out.push(event);
+            if let Some(e) = end {
+                half.emitted = e;
+            }
+            self.release(out, false);
+            return;
+        }
+        let ts = match &event {
+            Event::Data { ts_ns, .. } | Event::Gap { ts_ns, .. } | Event::End { ts_ns, .. } => {
+                *ts_ns
+            }
+        };
+        if let Event::Data { bytes, .. } = &event {
+            half.held_bytes += bytes.len();
+        }
+        half.held_since.get_or_insert(ts);
+        half.held.push_back(Held { event, need, end });
+        if half.held_bytes > self.limits.max_ooo_bytes {
+            self.release(out, true);
+        }
+    }
+
+    /// Hands on held events whose condition is met (all of them when `force`).
+    fn release(&mut self, out: &mut Vec<Event>, force: bool) {
+        loop {
+            let mut progressed = false;
+            for dir in [Dir::Request, Dir::Response] {
+                while let Some(front) = self.halves[dir.index()].held.front() {
+                    if !force && !self.satisfied(dir, front.need) {
+                        break;
+                    }
+                    let half = &mut self.halves[dir.index()];
+                    let held = half.held.pop_front().expect("front exists");
+                    if let Event::Data { bytes, .. } = &held.event {
+                        half.held_bytes -= bytes.len();
+                    }
+                    if let Some(e) = held.end {
+                        half.emitted = e;
+                    }
+                    if half.held.is_empty() {
+                        half.held_since = None;
+                    }
+                    out.push(held.event);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
     }
 
     /// Adds one segment; events come out in order.
@@ -240,14 +347,22 @@ impl Connection {
                 }
                 // The connection started before the capture: begin at this segment.
                 half.base = Some(seq);
-                out.push(Event::Gap {
+                self.emit(
                     dir,
-                    ts_ns: ts,
-                    len: None,
-                });
+                    Event::Gap {
+                        dir,
+                        ts_ns: ts,
+                        len: None,
+                    },
+                    None,
+                    None,
+                    out,
+                );
                 seq
             }
         };
+        let need = self.needed(dir, seg.ack);
+        let half = &mut self.halves[dir.index()];
         let start = half.offset(base, seq);
         let end = start + seg.payload.len() as i128;
         if seg.fin && half.fin_at.is_none() && end >= 0 {
@@ -261,20 +376,21 @@ impl Connection {
                 let skip = (delivered - start) as usize;
                 self.stats.retransmitted_bytes += skip as u64;
                 half.delivered = end as u64;
-                out.push(Event::Data {
+                let event = Event::Data {
                     dir,
                     ts_ns: ts,
                     bytes: seg.payload[skip..].to_vec(),
-                });
+                };
+                self.emit(dir, event, need, Some(end as u64), out);
             } else {
                 let start = start as u64;
                 let len = seg.payload.len();
                 match half.ooo.get(&start) {
-                    Some(held) if held.len() >= len => {
+                    Some((held, _)) if held.len() >= len => {
                         self.stats.retransmitted_bytes += len as u64;
                     }
                     _ => {
-                        if let Some(old) = half.ooo.insert(start, seg.payload) {
+                        if let Some((old, _)) = half.ooo.insert(start, (seg.payload, need)) {
                             half.ooo_bytes -= old.len();
                             self.stats.retransmitted_bytes += old.len() as u64;
                         }
@@ -291,8 +407,15 @@ impl Connection {
         self.check_fin(dir, ts, out);
     }
 
-    /// Skips holes that waited longer than the gap timeout (packet time `now_ns`).
+    /// Skips holes that waited longer than the gap timeout (packet time `now_ns`), and hands on
+    /// events that waited that long for the other direction.
     pub fn tick(&mut self, now_ns: i64, out: &mut Vec<Event>) {
+        if self.halves.iter().any(|h| {
+            h.held_since
+                .is_some_and(|t| now_ns - t >= self.limits.gap_timeout_ns)
+        }) {
+            self.release(out, true);
+        }
         for dir in [Dir::Request, Dir::Response] {
             while let Some(since) = self.halves[dir.index()].hole_since {
                 if now_ns - since < self.limits.gap_timeout_ns {
@@ -320,11 +443,19 @@ impl Connection {
         } else {
             reason
         };
-        out.push(Event::End {
+        self.emit(
             dir,
-            ts_ns: ts,
-            reason,
-        });
+            Event::End {
+                dir,
+                ts_ns: ts,
+                reason,
+            },
+            None,
+            None,
+            out,
+        );
+        // Nothing more comes from this direction: what the other one held for it can go.
+        self.release(out, false);
     }
 
     /// Jumps over the hole in front of the first out-of-order segment.
@@ -338,11 +469,17 @@ impl Connection {
         half.delivered = start;
         self.stats.gaps += 1;
         self.stats.gap_bytes += missing;
-        out.push(Event::Gap {
+        self.emit(
             dir,
-            ts_ns: ts,
-            len: Some(missing),
-        });
+            Event::Gap {
+                dir,
+                ts_ns: ts,
+                len: Some(missing),
+            },
+            None,
+            Some(start),
+            out,
+        );
         // Later holes restart their clock: they may still be filled by retransmission.
         self.halves[dir.index()].hole_since = Some(ts);
         self.drain(dir, ts, out);
@@ -350,13 +487,16 @@ impl Connection {
 
     /// Delivers out-of-order segments that became contiguous.
     fn drain(&mut self, dir: Dir, ts: i64, out: &mut Vec<Event>) {
-        let half = &mut self.halves[dir.index()];
-        while let Some(entry) = half.ooo.first_entry() {
+        loop {
+            let half = &mut self.halves[dir.index()];
+            let Some(entry) = half.ooo.first_entry() else {
+                break;
+            };
             let start = *entry.key();
             if start > half.delivered {
                 break;
             }
-            let bytes = entry.remove();
+            let (bytes, need) = entry.remove();
             half.ooo_bytes -= bytes.len();
             let end = start + bytes.len() as u64;
             if end <= half.delivered {
@@ -366,12 +506,14 @@ impl Connection {
             let skip = (half.delivered - start) as usize;
             self.stats.retransmitted_bytes += skip as u64;
             half.delivered = end;
-            out.push(Event::Data {
+            let event = Event::Data {
                 dir,
                 ts_ns: ts,
                 bytes: bytes[skip..].to_vec(),
-            });
+            };
+            self.emit(dir, event, need, Some(end), out);
         }
+        let half = &mut self.halves[dir.index()];
         if half.ooo.is_empty() {
             half.hole_since = None;
         }
@@ -608,5 +750,60 @@ pub(crate) mod tests {
         let mut more = Vec::new();
         c.push(base[1].clone(), &mut more);
         assert!(more.is_empty());
+    }
+
+    #[test]
+    fn a_response_captured_before_its_request_waits_for_it() {
+        let req = b"GET / HTTP/1.1\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\n\r\n";
+        let mut c = conn(Limits::default());
+        let mut out = Vec::new();
+        c.push(seg(true, 100, "S", b"", 0), &mut out);
+        let mut synack = seg(false, 500, "S", b"", 0);
+        synack.ack = Some(101);
+        c.push(synack, &mut out);
+        // The response acknowledges the request's bytes, but its frame is read first.
+        let mut r = seg(false, 501, "", resp, 2);
+        r.ack = Some(101 + req.len() as u32);
+        c.push(r, &mut out);
+        assert!(out.is_empty(), "held: {out:?}");
+        assert_eq!(c.buffered_bytes(), resp.len());
+        let mut q = seg(true, 101, "", req, 1);
+        q.ack = Some(501);
+        c.push(q, &mut out);
+        let dirs: Vec<Dir> = out
+            .iter()
+            .map(|e| match e {
+                Event::Data { dir, .. } => *dir,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(dirs, [Dir::Request, Dir::Response]);
+        assert_eq!(c.buffered_bytes(), 0);
+
+        // If the request never comes (lost by the capture), the response goes on after the
+        // gap timeout rather than waiting for ever.
+        let mut c = conn(Limits::default());
+        let mut out = Vec::new();
+        c.push(seg(true, 100, "S", b"", 0), &mut out);
+        let mut r = seg(false, 501, "", resp, 2);
+        r.syn = false;
+        let mut synack = seg(false, 500, "S", b"", 0);
+        synack.ack = Some(101);
+        c.push(synack, &mut out);
+        r.ack = Some(101 + req.len() as u32);
+        c.push(r, &mut out);
+        assert!(out.is_empty());
+        c.tick(2 + Limits::default().gap_timeout_ns, &mut out);
+        assert!(
+            matches!(
+                out[..],
+                [Event::Data {
+                    dir: Dir::Response,
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
     }
 }

@@ -404,14 +404,15 @@ impl Drop for Capture {
     }
 }
 
-/// Reads a pcap file's frames.
-pub fn pcap_frames(path: &Path) -> Vec<Vec<u8>> {
+/// Reads a pcap file's frames with their timestamps (ns).
+pub fn pcap_frames(path: &Path) -> Vec<(i64, Vec<u8>)> {
     let file = std::fs::File::open(path).expect("pcap file");
     let mut reader = pcap_file::pcap::PcapReader::new(file).expect("pcap header");
     assert_eq!(reader.header().datalink, pcap_file::DataLink::ETHERNET);
     let mut out = Vec::new();
     while let Some(p) = reader.next_packet() {
-        out.push(p.expect("pcap packet").data.into_owned());
+        let p = p.expect("pcap packet");
+        out.push((p.timestamp.as_nanos() as i64, p.data.into_owned()));
     }
     out
 }
