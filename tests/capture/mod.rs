@@ -25,7 +25,7 @@ fn by_path<'a>(records: &'a [Value], path: &str) -> &'a Value {
 }
 
 /// Every exchange the client made has exactly one record equal to what both ends saw.
-fn assert_records_match(records: &[Value], seen: &[Seen], got: &[Got], netns: &str) {
+fn assert_records_match(records: &[Value], seen: &[Seen], got: &[Got], log_file: &str) {
     assert_eq!(records.len(), got.len(), "one record per exchange");
     assert_eq!(seen.len(), got.len(), "the server saw every request");
     for g in got {
@@ -36,11 +36,7 @@ fn assert_records_match(records: &[Value], seen: &[Seen], got: &[Got], netns: &s
         let r = by_path(records, &g.path);
         let what = format!("record for {}: {r:#}", g.path);
         assert_eq!(r["source"], "capture", "{what}");
-        assert_eq!(
-            r["log"]["file"],
-            format!("capture:/run/netns/{netns}"),
-            "{what}"
-        );
+        assert_eq!(r["log"]["file"], log_file, "{what}");
         assert_eq!(r["complete"], true, "{what}");
         assert_eq!(r["warnings"], serde_json::json!([]), "{what}");
         let req = &r["request"];
@@ -62,9 +58,13 @@ fn assert_records_match(records: &[Value], seen: &[Seen], got: &[Got], netns: &s
 }
 
 fn args(netns: &str, interface: &str, port: u16, extra: &[&str]) -> Vec<String> {
+    let mut v = vec!["--netns".to_string(), format!("/run/netns/{netns}")];
+    v.extend(common_args(interface, port, extra));
+    v
+}
+
+fn common_args(interface: &str, port: u16, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
-        "--netns",
-        &format!("/run/netns/{netns}"),
         "--interface",
         interface,
         "--port",
@@ -106,7 +106,12 @@ fn capture_across_a_veth_pair_matches_what_both_ends_saw() {
         .unwrap();
     capture.wait_for_records(got.len(), Duration::from_secs(60));
     let (records, summary) = capture.stop();
-    assert_records_match(&records, &server.seen(), &got, &ns.a);
+    assert_records_match(
+        &records,
+        &server.seen(),
+        &got,
+        &format!("capture:/run/netns/{}", ns.a),
+    );
     assert_no_loss(&summary);
     assert_eq!(summary["interfaces"], serde_json::json!([ns.veth_a]));
     // Connections: keep-alive, pipelined, 100-continue, close-delimited.
@@ -292,7 +297,12 @@ fn capture_on_loopback_sees_each_packet_once() {
         .unwrap();
     capture.wait_for_records(got.len(), Duration::from_secs(60));
     let (records, summary) = capture.stop();
-    assert_records_match(&records, &server.seen(), &got, &ns.a);
+    assert_records_match(
+        &records,
+        &server.seen(),
+        &got,
+        &format!("capture:/run/netns/{}", ns.a),
+    );
     assert_no_loss(&summary);
     // Loopback hands packet sockets every frame twice (outgoing, then incoming): the outgoing
     // copy is skipped, exactly once per frame used. (Byte-exact bodies above show that nothing
@@ -324,8 +334,59 @@ fn path_prefix_and_count_select_exchanges() {
         .into_iter()
         .filter(|s| s.path.starts_with("/pipe/"))
         .collect();
-    assert_records_match(&records, &seen, &got, &ns.a);
+    assert_records_match(
+        &records,
+        &seen,
+        &got,
+        &format!("capture:/run/netns/{}", ns.a),
+    );
     assert_eq!(summary["filtered_out"], 1, "{summary}");
+}
+
+#[test]
+fn a_pod_is_found_through_the_kubelet_log_root_and_proc() {
+    let ns = Namespaces::create();
+    let server = Server::start(&ns.a);
+    // A node's view of one pod: its log directory, and a process in its cgroup whose network
+    // namespace is the test's namespace A.
+    let node = tempfile::tempdir().unwrap();
+    let uid = format!("0c1a2b3c-1111-2222-3333-{:012}", std::process::id());
+    let log_root = node.path().join("pods");
+    std::fs::create_dir_all(log_root.join(format!("shop_cart-1_{uid}/app"))).unwrap();
+    let proc_root = node.path().join("proc");
+    let process = proc_root.join("4242");
+    std::fs::create_dir_all(process.join("ns")).unwrap();
+    std::fs::write(
+        process.join("cgroup"),
+        format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-1.scope\n", uid.replace('-', "_")),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(Namespaces::path(&ns.a), process.join("ns/net")).unwrap();
+
+    let mut a = vec![
+        "--pod".to_string(),
+        "shop/cart-1".to_string(),
+        "--proc-root".to_string(),
+        proc_root.display().to_string(),
+        "--log-root".to_string(),
+        log_root.display().to_string(),
+    ];
+    a.extend(common_args("lo", server.port, &[]));
+    let capture = Capture::start(&a);
+    let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+    let got = env::in_netns(&ns.a, move || client::pipelined(addr))
+        .join()
+        .unwrap();
+    capture.wait_for_records(got.len(), Duration::from_secs(60));
+    let (records, _) = capture.stop();
+    assert_records_match(&records, &server.seen(), &got, "capture:shop/cart-1");
+    for r in &records {
+        assert_eq!(
+            r["k8s"],
+            serde_json::json!({"namespace": "shop", "pod": "cart-1", "pod_uid": uid, "container": ""}),
+            "{r:#}"
+        );
+    }
 }
 
 #[test]
