@@ -359,17 +359,25 @@ impl Capture {
     }
 
     /// SIGTERM, then every record and the JSON summary (last stderr line).
-    pub fn stop(mut self) -> (Vec<serde_json::Value>, serde_json::Value) {
+    pub fn stop(self) -> (Vec<serde_json::Value>, serde_json::Value) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_for_exit(Duration::from_secs(30))
+    }
+
+    /// Waits for the capture to exit by itself; every record and the JSON summary.
+    pub fn wait_for_exit(
+        mut self,
+        timeout: Duration,
+    ) -> (Vec<serde_json::Value>, serde_json::Value) {
+        let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("meshtap capture did not stop on SIGTERM: {}", self.stderr());
+                panic!("meshtap capture did not stop: {}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(20));
         };

@@ -390,6 +390,52 @@ fn a_pod_is_found_through_the_kubelet_log_root_and_proc() {
 }
 
 #[test]
+fn sink_mode_delivers_through_the_configured_sink() {
+    let ns = Namespaces::create();
+    let server = Server::start(&ns.a);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exchanges.ndjson");
+    let config = dir.path().join("meshtap.yaml");
+    std::fs::write(
+        &config,
+        format!("sink:\n  type: file\n  path: {}\n", out.display()),
+    )
+    .unwrap();
+    let capture = Capture::start(&args(
+        &ns.a,
+        "lo",
+        server.port,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--sink",
+            "--count",
+            "3",
+        ],
+    ));
+    let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+    let got = env::in_netns(&ns.a, move || client::pipelined(addr))
+        .join()
+        .unwrap();
+    // --count 3: the capture stops by itself after three records; it exits once the sink
+    // acknowledged them.
+    let (stdout, summary) = capture.wait_for_exit(Duration::from_secs(60));
+    assert!(stdout.is_empty(), "records go to the sink, not stdout");
+    assert_eq!(summary["delivered"], 3, "{summary}");
+    let records: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_records_match(
+        &records,
+        &server.seen(),
+        &got,
+        &format!("capture:/run/netns/{}", ns.a),
+    );
+}
+
+#[test]
 fn a_missing_capability_is_named() {
     let out = std::process::Command::new("setpriv")
         .args(["--bounding-set=-net_raw", "--inh-caps=-net_raw"])
