@@ -52,6 +52,8 @@ pub struct Stats {
     pub http2_connections: u64,
     pub tls_connections: u64,
     pub upgraded_connections: u64,
+    /// Segments of connections that had already closed (late retransmissions, reordering).
+    pub after_close_segments: u64,
 }
 
 /// A finished exchange and its connection.
@@ -121,7 +123,15 @@ pub struct Flows {
     stats: Stats,
     events: Vec<Event>,
     dones: Vec<Done>,
+    /// Connections that closed (FIN both ways or RST), oldest first, with when: their late
+    /// segments are not mistaken for a new connection seen mid-stream.
+    closed: HashMap<Key, i64>,
+    closed_order: std::collections::VecDeque<(Key, i64)>,
 }
+
+/// Closed connections remembered (TIME_WAIT lasts 60 s on Linux).
+const CLOSED_REMEMBERED: usize = 16_384;
+const CLOSED_FOR_NS: i64 = 60_000_000_000;
 
 impl Flows {
     pub fn new(limits: Limits, server_ports: Vec<u16>) -> Flows {
@@ -134,6 +144,8 @@ impl Flows {
             stats: Stats::default(),
             events: Vec::new(),
             dones: Vec::new(),
+            closed: HashMap::new(),
+            closed_order: Default::default(),
         }
     }
 
@@ -168,6 +180,14 @@ impl Flows {
             }
         }
         if !self.flows.contains_key(&k) {
+            if self.closed.contains_key(&k) {
+                if seg.syn {
+                    self.closed.remove(&k);
+                } else {
+                    self.stats.after_close_segments += 1;
+                    return;
+                }
+            }
             if seg.rst || (seg.payload.is_empty() && !seg.syn && !seg.fin) {
                 return; // stray resets and bare ACKs of connections we do not track
             }
@@ -197,6 +217,7 @@ impl Flows {
         self.events = events;
         if self.flows.get(&k).is_some_and(|f| f.tcp.finished()) {
             self.remove(k);
+            self.remember_closed(k, ts);
         }
         while self.buffered > self.limits.max_buffered_bytes {
             if !self.evict_oldest(Some(k), ts, out, detected) {
@@ -277,6 +298,20 @@ impl Flows {
         true
     }
 
+    fn remember_closed(&mut self, k: Key, ts: i64) {
+        while let Some(&(old, at)) = self.closed_order.front() {
+            if self.closed_order.len() < CLOSED_REMEMBERED && ts - at < CLOSED_FOR_NS {
+                break;
+            }
+            self.closed_order.pop_front();
+            if self.closed.get(&old) == Some(&at) {
+                self.closed.remove(&old);
+            }
+        }
+        self.closed.insert(k, ts);
+        self.closed_order.push_back((k, ts));
+    }
+
     fn remove(&mut self, k: Key) {
         if let Some(flow) = self.flows.remove(&k) {
             self.buffered -= flow.buffered;
@@ -335,7 +370,7 @@ impl Flows {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::capture::reassembly::tests::seg;
 
@@ -373,6 +408,13 @@ mod tests {
         assert!(flows.is_empty());
         assert_eq!(flows.buffered_bytes(), 0);
         assert_eq!(flows.stats().connections, 1);
+        // A late retransmission of the response is not a new connection seen mid-stream.
+        let late = run(&mut flows, vec![seg(false, 901, "", resp, 7)]);
+        assert!(late.is_empty() && flows.is_empty());
+        assert_eq!(flows.stats().after_close_segments, 1);
+        // A new SYN on the same ports is a new connection.
+        run(&mut flows, vec![seg(true, 5000, "S", b"", 8)]);
+        assert_eq!(flows.stats().connections, 2);
     }
 
     #[test]
@@ -488,5 +530,109 @@ mod tests {
         assert_eq!(flows.stats().tls_connections, 1);
         assert_eq!(out.len(), 1, "the TLS connection yields nothing");
         assert!(out[0].done.warnings.iter().any(|w| w.contains("expired")));
+    }
+
+    /// A small deterministic generator (xorshift64*), so failures reproduce.
+    pub(crate) struct Rng(pub u64);
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Segments of a whole connection carrying `req` and `resp`, cut at random, with true ACKs.
+    fn connection(rng: &mut Rng, req: &[u8], resp: &[u8]) -> Vec<Segment> {
+        let (cisn, sisn) = (u32::MAX - 7, 4_000_000_000u32); // the client's numbers wrap
+        let mut v = vec![seg(true, cisn, "S", b"", 0)];
+        let mut synack = seg(false, sisn, "S", b"", 0);
+        synack.ack = Some(cisn.wrapping_add(1));
+        v.push(synack);
+        let mut cut = |bytes: &[u8], req: bool, isn: u32, ack: u32| {
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < bytes.len() {
+                let n = 1 + rng.below(40);
+                let end = (at + n).min(bytes.len());
+                let mut s = seg(req, isn.wrapping_add(1 + at as u32), "", &bytes[at..end], 1);
+                s.ack = Some(ack);
+                out.push(s);
+                at = end;
+            }
+            let mut fin = seg(req, isn.wrapping_add(1 + bytes.len() as u32), "F", b"", 2);
+            fin.ack = Some(ack);
+            out.push(fin);
+            out
+        };
+        let req_end = cisn.wrapping_add(1 + req.len() as u32);
+        v.extend(cut(req, true, cisn, sisn.wrapping_add(1)));
+        v.extend(cut(resp, false, sisn, req_end));
+        v
+    }
+
+    fn exchanges(segs: Vec<Segment>) -> Vec<String> {
+        let mut flows = Flows::new(Limits::default(), vec![]);
+        let mut out = Vec::new();
+        let mut detected = Vec::new();
+        for s in segs {
+            flows.push(s, &mut out, &mut detected);
+        }
+        flows.tick(i64::MAX / 2, &mut out, &mut detected);
+        flows.shutdown(i64::MAX / 2, &mut out, &mut detected);
+        out.iter()
+            .map(|f| {
+                let d = &f.done;
+                format!(
+                    "{:?} {:?} {:?} {:?}",
+                    d.request
+                        .as_ref()
+                        .map(|r| (&r.method, &r.path, &r.headers, &r.body, r.ended)),
+                    d.response.as_ref().map(|r| (
+                        r.status,
+                        &r.headers,
+                        &r.body,
+                        &r.trailers,
+                        r.ended
+                    )),
+                    d.index,
+                    d.warnings
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn any_segmentation_order_and_duplication_gives_the_same_exchanges() {
+        let req = b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nPOST /b HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n4\r\nwxyz\r\n0\r\n\r\nPUT /c HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc";
+        let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\nHTTP/1.1 200 OK\r\n\r\nuntil close";
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let want = exchanges(connection(&mut rng, req, resp));
+        assert_eq!(want.len(), 3);
+        assert!(
+            want.iter().all(|w| w.ends_with("[]")),
+            "exact in order: {want:#?}"
+        );
+        for round in 0..300 {
+            let mut segs = connection(&mut rng, req, resp);
+            // The handshake stays first (a segment before its SYN looks mid-stream); the rest is
+            // shuffled and some segments are captured twice.
+            let mut rest = segs.split_off(2);
+            for i in (1..rest.len()).rev() {
+                let j = rng.below(i + 1);
+                rest.swap(i, j);
+            }
+            for _ in 0..rng.below(5) {
+                let k = rng.below(rest.len());
+                let dup = rest[k].clone();
+                rest.insert(rng.below(rest.len()), dup);
+            }
+            segs.extend(rest);
+            assert_eq!(exchanges(segs), want, "round {round}");
+        }
     }
 }

@@ -1454,4 +1454,73 @@ HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
         assert!(done[0].response.is_none());
         assert!(done[0].warnings[0].contains("no response was captured"));
     }
+
+    #[test]
+    fn random_bytes_and_splits_never_panic_and_stay_bounded() {
+        let mut rng = crate::capture::flows::tests::Rng(42);
+        let pieces: [&[u8]; 8] = [
+            b"GET / HTTP/1.1\r\n",
+            b"HTTP/1.1 200 OK\r\n",
+            b"content-length: 3\r\n",
+            b"transfer-encoding: chunked\r\n",
+            b"\r\n",
+            b"5;x\r\nab",
+            b"\x16\x03\x01",
+            b"\x00\xff garbage \n",
+        ];
+        for _ in 0..2000 {
+            let mut c = Connection::new(Limits {
+                max_head_bytes: 256,
+                max_body_bytes: 64,
+                max_pending: 4,
+            });
+            let mut out = Vec::new();
+            for _ in 0..rng.below(40) {
+                let dir = if rng.below(2) == 0 {
+                    Dir::Request
+                } else {
+                    Dir::Response
+                };
+                let event = match rng.below(10) {
+                    0 => Event::Gap {
+                        dir,
+                        ts_ns: 0,
+                        len: if rng.below(2) == 0 {
+                            None
+                        } else {
+                            Some(rng.below(100) as u64)
+                        },
+                    },
+                    1 => Event::Data {
+                        dir,
+                        ts_ns: 0,
+                        bytes: (0..rng.below(300)).map(|_| rng.next() as u8).collect(),
+                    },
+                    _ => Event::Data {
+                        dir,
+                        ts_ns: 0,
+                        bytes: pieces[rng.below(pieces.len())].to_vec(),
+                    },
+                };
+                c.handle(event, &mut out);
+                assert!(
+                    c.buffered_bytes() <= 2 * 256 + 4 * 2 * 64,
+                    "{}",
+                    c.buffered_bytes()
+                );
+            }
+            for dir in [Dir::Request, Dir::Response] {
+                c.handle(
+                    Event::End {
+                        dir,
+                        ts_ns: 0,
+                        reason: EndReason::Reset,
+                    },
+                    &mut out,
+                );
+            }
+            assert_eq!(c.buffered_bytes(), 0);
+            assert!(c.pending.is_empty(), "everything is emitted at the end");
+        }
+    }
 }

@@ -344,6 +344,42 @@ fn path_prefix_and_count_select_exchanges() {
 }
 
 #[test]
+fn capture_on_two_interfaces_at_once_counts_nothing_twice() {
+    let ns = Namespaces::create();
+    let server = Server::start(&ns.a);
+    let mut a = args(&ns.a, "lo", server.port, &[]);
+    a.extend(["--interface".to_string(), ns.veth_a.clone()]);
+    let capture = Capture::start(&a);
+    let remote = SocketAddr::from((ns.a_ip, server.port));
+    let local = SocketAddr::from(([127, 0, 0, 1], server.port));
+    let from_b = env::in_netns(&ns.b, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(client::keep_alive(remote))
+    });
+    let from_a = env::in_netns(&ns.a, move || client::pipelined(local));
+    let mut got = from_b.join().unwrap();
+    got.extend(from_a.join().unwrap());
+    capture.wait_for_records(got.len(), Duration::from_secs(60));
+    let (records, summary) = capture.stop();
+    assert_records_match(
+        &records,
+        &server.seen(),
+        &got,
+        &format!("capture:/run/netns/{}", ns.a),
+    );
+    assert_no_loss(&summary);
+    assert_eq!(
+        summary["interfaces"].as_array().unwrap().len(),
+        2,
+        "{summary}"
+    );
+    assert_eq!(summary["flows"]["connections"], 2, "{summary}");
+}
+
+#[test]
 fn a_pod_is_found_through_the_kubelet_log_root_and_proc() {
     let ns = Namespaces::create();
     let server = Server::start(&ns.a);
