@@ -214,11 +214,6 @@ impl Connection {
         self.halves.iter().all(|h| h.ended)
     }
 
-    /// True when `dir` ended.
-    pub fn ended(&self, dir: Dir) -> bool {
-        self.halves[dir.index()].ended
-    }
-
     /// Bytes held in out-of-order buffers and waiting for the other direction.
     pub fn buffered_bytes(&self) -> usize {
         self.halves.iter().map(|h| h.ooo_bytes + h.held_bytes).sum()

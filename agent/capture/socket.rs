@@ -13,7 +13,6 @@
 //! veth) both directions appear once each.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -86,10 +85,6 @@ pub fn select_interfaces(wanted: &[String]) -> Result<BTreeMap<u32, String>, Soc
     }
     let mut chosen = BTreeMap::new();
     for name in wanted {
-        let CString { .. } = CString::new(name.as_str()).map_err(|_| SocketError::NoInterface {
-            name: name.clone(),
-            available: available(),
-        })?;
         match all.iter().find(|(_, n)| *n == name) {
             Some((i, n)) => {
                 chosen.insert(*i, n.clone());
