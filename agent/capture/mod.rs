@@ -165,11 +165,18 @@ pub struct Capture {
     /// The interfaces listened on, by name.
     pub interfaces: Vec<String>,
     options: Options,
+    pcap: Option<pcap::Rotating>,
 }
 
 /// Enters `netns` on a dedicated thread, opens the packet socket there and returns once it is
 /// listening.
 pub fn start(netns: Netns, options: Options) -> Result<Capture, CaptureError> {
+    // Bad pcap options fail before anything is captured.
+    let pcap = options
+        .pcap
+        .clone()
+        .map(pcap::Rotating::create)
+        .transpose()?;
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         queue_drops: AtomicU64::new(0),
@@ -241,6 +248,7 @@ pub fn start(netns: Netns, options: Options) -> Result<Capture, CaptureError> {
             thread,
             interfaces,
             options,
+            pcap,
         }),
         Ok(Err(e)) => {
             let _ = thread.join();
@@ -381,16 +389,12 @@ impl Capture {
             thread,
             interfaces,
             options,
+            mut pcap,
         } = self;
         let mut summary = Summary {
             interfaces,
             ..Summary::default()
         };
-        let mut pcap = options
-            .pcap
-            .clone()
-            .map(pcap::Rotating::create)
-            .transpose()?;
         let mut decoder = Decoder::new(&options, origin);
         let deadline = until.duration.map(|d| Instant::now() + d);
         let mut last_tick = Instant::now();

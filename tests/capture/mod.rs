@@ -491,3 +491,74 @@ fn a_missing_capability_is_named() {
     );
     assert!(stderr.contains("deploy/overlays/capture"), "{stderr}");
 }
+
+#[test]
+fn bad_targets_and_interfaces_are_clear_errors() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshtap"))
+            .arg("capture")
+            .args(args)
+            .output()
+            .expect("run meshtap");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&[
+        "--netns",
+        "/proc/self/ns/net",
+        "--interface",
+        "no-such-mcap",
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no interface \"no-such-mcap\" in the network namespace (it has: lo"),
+        "{stderr}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let root = empty.path().to_str().unwrap();
+    let (code, stderr) = run(&[
+        "--pod",
+        "shop/cart-1",
+        "--log-root",
+        root,
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no pod shop/cart-1 under"), "{stderr}");
+    let (code, stderr) = run(&[
+        "--pod-uid",
+        "0c1a-none",
+        "--proc-root",
+        root,
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no process of pod 0c1a-none"), "{stderr}");
+    let (code, stderr) = run(&["--pod", "not-a-pod"]);
+    assert_eq!(code, Some(2), "clap usage error: {stderr}");
+    let (code, stderr) = run(&[
+        "--netns",
+        "/proc/self/ns/net",
+        "--port",
+        "1",
+        "--pcap-max-files",
+        "0",
+        "--pcap",
+        "/dev/null/x",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the number of pcap files must be at least 1"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("listening"),
+        "refused before capturing: {stderr}"
+    );
+}
