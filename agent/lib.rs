@@ -18,6 +18,7 @@
 //! and, when the Kubernetes API is reachable, enriches records and selects the pods captured.
 
 pub mod assemble;
+pub mod capture;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

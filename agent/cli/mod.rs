@@ -1,5 +1,6 @@
 //! Command-line interface: `meshtap <command>`. Each command is a file of its own.
 
+pub mod capture;
 pub mod envoyfilter;
 pub mod parse;
 pub mod run;
@@ -32,6 +33,9 @@ pub enum Command {
     /// Stream records from Envoy's tap filter: attach to a sidecar's admin `/tap` endpoint
     /// (entering the pod's network namespace) or read a `file_per_tap` directory.
     Tap(Box<tap::TapArgs>),
+    /// Capture HTTP/1.x exchanges from packets in a pod's network namespace: the fallback for
+    /// pods whose sidecar logs nothing. Needs CAP_NET_RAW, CAP_SYS_ADMIN and CAP_SYS_PTRACE.
+    Capture(Box<capture::CaptureArgs>),
 }
 
 /// Sets up meshtap's own diagnostic log on stderr: `MESHTAP_LOG`, else `RUST_LOG`, overrides
@@ -69,6 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => run::run(args),
         Command::Envoyfilter(args) => envoyfilter::run(args),
         Command::Tap(args) => tap::run(*args),
+        Command::Capture(args) => capture::run(*args),
     }
 }
 

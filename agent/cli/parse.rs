@@ -191,22 +191,7 @@ fn replay_into_sink(
             }
             (summary, dropped_counts(&stages))
         });
-        let mut delivered = 0usize;
-        while let Some(batch) = rx.recv().await {
-            let result = super::deliver_within(
-                &mut sink,
-                &batch,
-                std::time::Duration::from_secs(args.sink_timeout),
-            )
-            .await;
-            result.with_context(|| {
-                format!(
-                    "delivering to the {} sink ({delivered} exchanges delivered before)",
-                    config.sink.name()
-                )
-            })?;
-            delivered += batch.len();
-        }
+        let delivered = deliver_batches(&mut sink, config, &mut rx, args.sink_timeout).await?;
         let (summary, dropped) = parser.await.context("the parser thread failed")?;
         eprintln!(
             "meshtap parse: delivered {delivered} exchanges to the {} sink",
@@ -214,4 +199,28 @@ fn replay_into_sink(
         );
         Ok((summary, dropped))
     })
+}
+
+/// Delivers batches from `rx` to `sink` as they come, with the agent's retry policy, giving up
+/// after `sink_timeout` seconds of failure on one batch; the number of exchanges delivered.
+/// Shared by `meshtap parse --sink` and `meshtap capture --sink`.
+pub(crate) async fn deliver_batches(
+    sink: &mut crate::sink::ConfiguredSink,
+    config: &Config,
+    rx: &mut tokio::sync::mpsc::Receiver<Vec<crate::record::Exchange>>,
+    sink_timeout: u64,
+) -> anyhow::Result<usize> {
+    let mut delivered = 0usize;
+    while let Some(batch) = rx.recv().await {
+        super::deliver_within(sink, &batch, std::time::Duration::from_secs(sink_timeout))
+            .await
+            .with_context(|| {
+                format!(
+                    "delivering to the {} sink ({delivered} exchanges delivered before)",
+                    config.sink.name()
+                )
+            })?;
+        delivered += batch.len();
+    }
+    Ok(delivered)
 }
