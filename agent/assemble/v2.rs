@@ -102,7 +102,6 @@ impl Assembler {
             direction(ex, d)
                 .truncate("a log line of this direction was cut before meshtap read it");
         }
-        let dir = direction(ex, d);
         match event.kind {
             Kind::Start { time_ms, headers } => {
                 p.started[d] = true;
@@ -121,16 +120,8 @@ impl Assembler {
                 }
             }
             Kind::Body(b64) => {
-                self.scratch.clear();
-                match decode_body(b64, &mut self.scratch) {
-                    Ok(()) => dir.push_body(&self.scratch, self.limits.max_body_bytes),
-                    Err(e) => {
-                        p.damaged = true;
-                        let reason = format!("a {name} body line was unreadable: {e}");
-                        dir.truncate(reason.clone());
-                        ex.warn(reason);
-                    }
-                }
+                let limits = &self.limits;
+                body_piece(p, d, b64, &mut self.scratch, limits.max_body_bytes);
             }
             Kind::Trailers(b64) => {
                 let mut parsed = Headers::new();
@@ -144,22 +135,16 @@ impl Assembler {
                 time_ms,
                 size,
                 truncated,
+            } => end(p, d, time_ms, size, truncated),
+            Kind::BodyEnd {
+                body,
+                time_ms,
+                size,
+                truncated,
             } => {
-                dir.ended = true;
-                dir.end_time = Some(rfc3339_from_ms(time_ms));
-                if truncated {
-                    dir.truncate(format!(
-                        "the filter logged the first {} of {size} body bytes (its MAX_BODY)",
-                        dir.body.len()
-                    ));
-                } else if size > dir.body_size && !dir.body_truncated {
-                    p.damaged = true;
-                    dir.truncate(format!(
-                        "the filter saw {size} body bytes but only {} were read",
-                        dir.body_size
-                    ));
-                }
-                dir.body_size = dir.body_size.max(size);
+                let limits = &self.limits;
+                body_piece(p, d, body, &mut self.scratch, limits.max_body_bytes);
+                end(p, d, time_ms, size, truncated);
             }
         }
         let done = |dir: &Option<Direction>| dir.as_ref().is_some_and(|d| d.ended);
@@ -261,4 +246,39 @@ fn finish(mut p: Pending) -> Exchange {
         && ex.response.as_ref().is_some_and(|d| d.ended);
     ex.complete = both && !p.damaged;
     p.exchange
+}
+/// A body piece of direction `d`: decoded into the record, or flagged when unreadable.
+fn body_piece(p: &mut Pending, d: usize, b64: &[u8], scratch: &mut Vec<u8>, max_body: usize) {
+    let name = ["request", "response"][d];
+    scratch.clear();
+    match decode_body(b64, scratch) {
+        Ok(()) => direction(&mut p.exchange, d).push_body(scratch, max_body),
+        Err(e) => {
+            p.damaged = true;
+            let reason = format!("a {name} body line was unreadable: {e}");
+            direction(&mut p.exchange, d).truncate(reason.clone());
+            p.exchange.warn(reason);
+        }
+    }
+}
+
+/// The end of direction `d`: its time, and the filter's count of body bytes against what was
+/// read.
+fn end(p: &mut Pending, d: usize, time_ms: i64, size: u64, truncated: bool) {
+    let dir = direction(&mut p.exchange, d);
+    dir.ended = true;
+    dir.end_time = Some(rfc3339_from_ms(time_ms));
+    if truncated {
+        dir.truncate(format!(
+            "the filter logged the first {} of {size} body bytes (its MAX_BODY)",
+            dir.body.len()
+        ));
+    } else if size > dir.body_size && !dir.body_truncated {
+        p.damaged = true;
+        dir.truncate(format!(
+            "the filter saw {size} body bytes but only {} were read",
+            dir.body_size
+        ));
+    }
+    dir.body_size = dir.body_size.max(size);
 }

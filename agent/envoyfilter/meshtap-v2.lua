@@ -31,30 +31,43 @@ local function headers_b64(handle, headers)
 end
 
 local function log_body(handle, dir, sid)
-  local seq, size, logged = 1, 0, 0
+  -- Each piece is logged when the next one is ready, so the last piece can share its line with
+  -- the end (`<dir>be`): one log call fewer per direction. At most one piece is held.
+  local seq, size, logged, held = 1, 0, 0, nil
   for chunk in handle:bodyChunks() do
     local len = chunk:length()
     size = size + len
     local off = 0
     while off < len and logged < MAX_BODY do
       local n = math.min(len - off, PIECE, MAX_BODY - logged)
+      if held ~= nil then
+        handle:logWarn("[logPayload] v2 " .. dir .. "b " .. sid .. " " .. seq .. " " .. held)
+        seq = seq + 1
+      end
       -- getBytes takes an index relative to THIS chunk (the seed passed a running offset).
-      handle:logWarn("[logPayload] v2 " .. dir .. "b " .. sid .. " " .. seq .. " "
-        .. handle:base64Escape(chunk:getBytes(off, n)))
-      seq = seq + 1
+      held = handle:base64Escape(chunk:getBytes(off, n))
       off = off + n
       logged = logged + n
     end
   end
+  local truncated = "0"
+  if size > logged then
+    truncated = "1"
+  end
   local trailers = handle:trailers()
+  if held ~= nil and trailers == nil then
+    handle:logWarn("[logPayload] v2 " .. dir .. "be " .. sid .. " " .. seq .. " " .. held .. " "
+      .. tostring(handle:timestamp()) .. " " .. string.format("%d", size) .. " " .. truncated)
+    return
+  end
+  if held ~= nil then
+    handle:logWarn("[logPayload] v2 " .. dir .. "b " .. sid .. " " .. seq .. " " .. held)
+    seq = seq + 1
+  end
   if trailers ~= nil then
     handle:logWarn("[logPayload] v2 " .. dir .. "t " .. sid .. " " .. seq .. " "
       .. headers_b64(handle, trailers))
     seq = seq + 1
-  end
-  local truncated = "0"
-  if size > logged then
-    truncated = "1"
   end
   handle:logWarn("[logPayload] v2 " .. dir .. "e " .. sid .. " " .. seq .. " "
     .. tostring(handle:timestamp()) .. " " .. string.format("%d", size) .. " " .. truncated)
