@@ -10,7 +10,8 @@
 //! 4. [`marker`]: each Lua message classified as a `[logPayload]` event of the seed's format (v1) or
 //!    of meshtap's own filter (v2).
 //! 5. [`assemble`]: events reassembled into one [`record::Exchange`] per request/response.
-//! 6. [`stage`]: the stages every exchange passes before delivery (enrichment, policy, redaction).
+//! 6. [`stage`]: the stages every exchange passes before delivery (enrichment, policy, body
+//!    decoding in [`content`], redaction in [`redact`]).
 //! 7. [`output`] and [`sink`]: exchanges written out (NDJSON, files, Kafka, OTLP).
 //!
 //! [`pipeline`] wires the stages together for one file; [`k8s`] derives pod identity from log paths.
@@ -19,6 +20,7 @@ pub mod assemble;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod decode;
 pub mod discover;
 pub mod envoy;
@@ -29,6 +31,7 @@ pub mod output;
 pub mod pipeline;
 pub mod read;
 pub mod record;
+pub mod redact;
 pub mod run;
 pub mod sink;
 pub mod stage;

@@ -33,9 +33,24 @@ pub struct Stages {
 
 impl Stages {
     /// The stages the configuration asks for (Kubernetes enrichment is added by `meshtap run`,
-    /// which owns the API connection).
-    pub fn from_config(_config: &Config) -> Result<Stages, ConfigError> {
-        Ok(Stages::default())
+    /// which owns the API connection): body decoding, then redaction, which must come last so no
+    /// sink ever sees a secret.
+    pub fn from_config(config: &Config) -> Result<Stages, ConfigError> {
+        let mut stages = Stages::default();
+        if config.decoding.enabled {
+            stages.push(crate::content::Decoding::new(config.decoding.clone()));
+        }
+        if config.redaction.enabled {
+            let redaction = config
+                .redaction
+                .compile()
+                .map_err(|message| ConfigError::Invalid {
+                    path: "redaction".to_string(),
+                    message,
+                })?;
+            stages.push(redaction);
+        }
+        Ok(stages)
     }
 
     /// Appends a stage at the end of the chain.
