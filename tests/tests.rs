@@ -3,6 +3,7 @@
 //! (the harness runs it when Envoy is missing; `MESHTAP_ENVOY` points at another binary).
 
 mod agent;
+mod content;
 mod real_envoy;
 mod support;
 

@@ -25,7 +25,7 @@ pub use config::{NamedPattern, RedactionConfig, RedactionMode};
 
 use hmac::{KeyInit, Mac};
 
-use crate::record::{Direction, Exchange};
+use crate::record::{Direction, Exchange, Headers};
 use crate::stage::{Stage, Verdict};
 
 /// What a mask puts in place of a secret.
@@ -184,12 +184,26 @@ impl Found {
 }
 
 impl Redaction {
+    /// Redacts one header map as this stage does a direction's headers (listed names, and the
+    /// query parameters of URL-carrying headers); returns the names for `redacted`. `side` is
+    /// `request` or `response`.
+    pub fn redact_headers(&self, side: &str, headers: &mut Headers) -> Vec<String> {
+        let mut found = Found::default();
+        self.direction_headers(side, headers, &mut found);
+        found.names
+    }
+
+    fn direction_headers(&self, side: &str, headers: &mut Headers, found: &mut Found) {
+        let r = &self.replacer;
+        self.headers
+            .apply(headers, r, &format!("{side}.headers"), found);
+        self.query.apply_headers(headers, r, side, found);
+    }
+
     fn direction(&self, side: &str, d: &mut Direction, found: &mut Found) {
         let r = &self.replacer;
         if let Some(headers) = d.headers.as_mut() {
-            self.headers
-                .apply(headers, r, &format!("{side}.headers"), found);
-            self.query.apply_headers(headers, r, side, found);
+            self.direction_headers(side, headers, found);
         }
         if let Some(trailers) = d.trailers.as_mut() {
             self.headers
