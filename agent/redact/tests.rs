@@ -586,3 +586,41 @@ fn the_default_stages_decode_then_redact() {
     assert_eq!(ex.redacted, ["response.body.$..access_token"]);
     assert!(ex.warnings.is_empty(), "{:?}", ex.warnings);
 }
+
+#[test]
+fn the_realistic_policy_in_the_docs_loads_and_redacts() {
+    let doc = include_str!("../../docs/redaction.md");
+    let start = doc
+        .find("## A realistic policy")
+        .expect("docs/redaction.md has a realistic policy");
+    let start = start + doc[start..].find("```yaml\n").unwrap() + 8;
+    let end = start + doc[start..].find("```").unwrap();
+    let key = std::env::temp_dir().join(format!("meshtap-doc-key-{}", std::process::id()));
+    std::fs::write(&key, "doc-test-key-0123456789abcdef\n").unwrap();
+    let yaml = doc[start..end].replace("/etc/meshtap/redaction/key", key.to_str().unwrap());
+    let config = crate::config::Config::from_yaml(&yaml).unwrap();
+    assert_eq!(config.redaction.mode, RedactionMode::Hash);
+    assert_eq!(config.decoding.max_decoded_bytes, 1 << 20);
+
+    let request = body_direction(
+        "application/json",
+        br#"{"customer":{"ssn":"078-05-1120","email":"ann@example.com"},"payment":{"card":{"cvc":"737"}},"key":"ak_live_0123456789abcdef0123456789abcdef","iban":"DE89 3704 0044 0532 0130 00"}"#,
+    );
+    let mut stages = crate::stage::Stages::from_config(&config).unwrap();
+    let ex = stages.run(exchange(request, Direction::default())).unwrap();
+    let text = body_text(&ex.request);
+    for secret in ["078-05-1120", "ann@example.com", "737", "ak_live_", "DE89"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert_eq!(
+        ex.redacted,
+        [
+            "request.body.$.customer.ssn",
+            "request.body.$.payment.card.cvc",
+            "request.body.email",
+            "request.body.acme_api_key",
+            "request.body.iban",
+        ]
+    );
+    std::fs::remove_file(key).unwrap();
+}
