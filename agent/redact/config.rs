@@ -95,6 +95,8 @@ fn default_body_patterns() -> Vec<String> {
 }
 
 /// The JSON fields that hold credentials in common APIs (login forms, OAuth token responses).
+/// A bare `token` is left out: APIs use it for non-secrets too (pagination, correlation ids);
+/// add `$..token` where it is a credential.
 fn default_json_paths() -> Vec<String> {
     [
         "$..password",
@@ -102,7 +104,6 @@ fn default_json_paths() -> Vec<String> {
         "$..access_token",
         "$..refresh_token",
         "$..id_token",
-        "$..token",
         "$..api_key",
     ]
     .map(String::from)

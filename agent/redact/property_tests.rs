@@ -105,7 +105,7 @@ fn case() -> impl Strategy<Value = Case> {
     ];
     let field = prop_oneof![
         Just("password"),
-        Just("token"),
+        Just("id_token"),
         Just("access_token"),
         Just("client_secret"),
         Just("refresh_token"),

@@ -424,7 +424,7 @@ fn json_bodies_without_matches_are_kept_byte_for_byte() {
 #[test]
 fn unparseable_json_falls_back_to_field_names_and_patterns_still_apply() {
     // Cut mid-document (the filter's cap), with a card number in free text.
-    let body = br#"{"user":"ann","password":"hunter2","note":"card 4111 1111 1111 1111","nested":{"token":"abc\"def","next":"#;
+    let body = br#"{"user":"ann","password":"hunter2","note":"card 4111 1111 1111 1111","nested":{"access_token":"abc\"def","next":"#;
     let mut d = body_direction("application/json", body);
     d.truncate("cap");
     let ex = run(
@@ -442,7 +442,7 @@ fn unparseable_json_falls_back_to_field_names_and_patterns_still_apply() {
         ex.redacted,
         [
             "request.body.$..password",
-            "request.body.$..token",
+            "request.body.$..access_token",
             "request.body.card_number"
         ]
     );
