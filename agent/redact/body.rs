@@ -60,6 +60,9 @@ struct JsonRule {
     path: JsonPath,
     /// For bodies that do not parse: `"<last name>": <value>` anywhere.
     fallback: Option<Regex>,
+    /// `"<last name>"`: a body without it (and without `\u` escapes) cannot match the path, so
+    /// it is neither parsed nor queried for it. `None` when the path does not end in a name.
+    needle: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -138,7 +141,17 @@ impl BodyRules {
             let path = JsonPath::parse(expr).map_err(|e| {
                 format!("redaction.json_paths: {expr:?} is not a valid JSONPath: {e}")
             })?;
-            let fallback = last_name(expr).map(|name| {
+            let name = last_name(expr);
+            // A name JSON may escape other than with `\u` (`"`, `\`, `/`, controls) is never
+            // searched for literally.
+            let needle = name
+                .as_ref()
+                .filter(|n| {
+                    n.bytes()
+                        .all(|b| b.is_ascii_graphic() && !b"\"\\/".contains(&b))
+                })
+                .map(|n| format!("\"{n}\"").into_bytes());
+            let fallback = name.map(|name| {
                 Regex::new(&format!(
                     r#""{}"\s*:\s*("(?:[^"\\]|\\.)*"?|[^\s,\]}}]+)"#,
                     regex::escape(&name)
@@ -149,6 +162,7 @@ impl BodyRules {
                 expr: expr.clone(),
                 path,
                 fallback,
+                needle,
             });
         }
         Ok(BodyRules {
@@ -195,12 +209,27 @@ impl BodyRules {
     }
 
     fn json(&self, side: &str, d: &mut Direction, r: &Replacer, found: &mut Found) {
+        // Most bodies hold none of the names: skip the parse and the queries (the expensive part
+        // of redaction, see docs/benchmarks.md). A member name can only be spelled otherwise
+        // with `\u` escapes, so a body with any is always queried.
+        let escaped = memchr::memmem::find(&d.body, b"\\u").is_some();
+        let rules: Vec<&JsonRule> = self
+            .json
+            .iter()
+            .filter(|rule| match &rule.needle {
+                Some(needle) => escaped || memchr::memmem::find(&d.body, needle).is_some(),
+                None => true,
+            })
+            .collect();
+        if rules.is_empty() {
+            return;
+        }
         let mut value: Value = match serde_json::from_slice(&d.body) {
             Ok(value) => value,
-            Err(_) => return self.json_fallback(side, d, r, found),
+            Err(_) => return Self::json_fallback(&rules, side, d, r, found),
         };
         let mut hit = false;
-        for rule in &self.json {
+        for rule in rules {
             let pointers: Vec<String> = rule
                 .path
                 .query_located(&value)
@@ -227,8 +256,14 @@ impl BodyRules {
         }
     }
 
-    fn json_fallback(&self, side: &str, d: &mut Direction, r: &Replacer, found: &mut Found) {
-        for rule in &self.json {
+    fn json_fallback(
+        rules: &[&JsonRule],
+        side: &str,
+        d: &mut Direction,
+        r: &Replacer,
+        found: &mut Found,
+    ) {
+        for rule in rules {
             let Some(regex) = &rule.fallback else {
                 continue;
             };

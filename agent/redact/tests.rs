@@ -624,3 +624,31 @@ fn the_realistic_policy_in_the_docs_loads_and_redacts() {
     );
     std::fs::remove_file(key).unwrap();
 }
+
+#[test]
+fn json_names_spelled_with_escapes_are_still_found() {
+    // The fast path skips bodies without `"password"`; `\u` escapes must not slip past it.
+    let body = br#"{"pass\u0077ord":"hunter2","n":1}"#;
+    let ex = run(
+        RedactionConfig::default(),
+        exchange(
+            body_direction("application/json", body),
+            Direction::default(),
+        ),
+    );
+    assert_eq!(body_text(&ex.request), r#"{"n":1,"password":"[REDACTED]"}"#);
+    assert_eq!(ex.redacted, ["request.body.$..password"]);
+    // A path that does not end in a name is always evaluated.
+    let config = RedactionConfig {
+        json_paths: vec!["$.pins[1]".into()],
+        ..Default::default()
+    };
+    let ex = run(
+        config,
+        exchange(
+            body_direction("application/json", br#"{"pins":["1111","2222"]}"#),
+            Direction::default(),
+        ),
+    );
+    assert_eq!(body_text(&ex.request), r#"{"pins":["1111","[REDACTED]"]}"#);
+}
