@@ -71,8 +71,11 @@ impl Decoding {
             let out = decode(*encoding, &bytes, cap);
             match out.error {
                 // The input ended early because the logged body was cut (by the filter, or by an
-                // earlier coding's cap): what came out is the start of the body.
-                Some(_) if d.body_truncated || capped || partial => partial = true,
+                // earlier coding's cap): what came out is the start of the body. Nothing out
+                // means nothing to show but the logged bytes.
+                Some(_) if (d.body_truncated || capped || partial) && !out.bytes.is_empty() => {
+                    partial = true
+                }
                 Some(e) => {
                     warnings.push(format!(
                         "{side} body left as logged: corrupt {} stream ({e})",

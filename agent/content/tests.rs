@@ -274,3 +274,15 @@ fn binary_decoded_bodies_stay_base64_and_empty_bodies_are_left_alone() {
     assert_eq!(ex.response.unwrap().body_decoded_from, None);
     assert!(ex.warnings.is_empty());
 }
+
+#[test]
+fn a_truncated_body_that_decodes_to_nothing_keeps_the_logged_bytes() {
+    let encoded = gzip(&text(100));
+    let mut ex = exchange("gzip", encoded[..6].to_vec());
+    ex.response.as_mut().unwrap().truncate("cap");
+    let ex = run(DecodingConfig::default(), ex);
+    let r = ex.response.unwrap();
+    assert_eq!(r.body, encoded[..6]);
+    assert_eq!(r.body_decoded_from, None);
+    assert!(ex.warnings[0].contains("corrupt gzip"), "{:?}", ex.warnings);
+}
