@@ -40,6 +40,10 @@ pub struct Config {
     pub policy: crate::policy::PolicyConfig,
     /// `meshtap run`: enrichment from the Kubernetes API and selection of the pods captured.
     pub kubernetes: crate::k8s::KubernetesConfig,
+    /// Body decoding (`content-encoding` gzip, deflate, br); see `docs/redaction.md`.
+    pub decoding: crate::content::DecodingConfig,
+    /// Redaction of secrets before any sink sees a record; see `docs/redaction.md`.
+    pub redaction: crate::redact::RedactionConfig,
 }
 
 /// How the agent's own log (stderr) is written.
@@ -272,6 +276,8 @@ impl Config {
         self.sink.validate()?;
         crate::policy::Policy::compile(&self.policy).map_err(|e| e.to_string())?;
         self.kubernetes.validate()?;
+        self.decoding.validate()?;
+        self.redaction.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| format!("log.level {:?} is not a valid filter: {e}", self.log.level))?;
         if a.container.is_empty() || a.log_root.as_os_str().is_empty() {
@@ -351,6 +357,8 @@ mod tests {
             (&ss.opt_out_annotation, ss.unknown_pods),
             (&ds.opt_out_annotation, ds.unknown_pods)
         );
+        assert_eq!(shipped.decoding, defaults.decoding);
+        assert_eq!(shipped.redaction, defaults.redaction);
         let (s, d) = (&shipped.agent, &defaults.agent);
         assert_eq!(
             (&s.log_root, &s.container, &s.state_dir, s.start_at),
@@ -422,6 +430,18 @@ mod tests {
         assert!(e.contains("log.level"), "{e}");
         let e = Config::from_yaml("sink:\n  type: file\n  max_bytes: 10\n").unwrap_err();
         assert!(e.contains("max_bytes"), "{e}");
+        let e = Config::from_yaml("redaction:\n  mode: hash\n").unwrap_err();
+        assert!(e.contains("redaction.mode hash needs a key"), "{e}");
+        let e = Config::from_yaml("redaction:\n  json_paths: [\"$.[\"]\n").unwrap_err();
+        assert!(e.contains("redaction.json_paths"), "{e}");
+        let e =
+            Config::from_yaml("redaction:\n  custom_patterns:\n  - name: key\n    regex: \"(\"\n")
+                .unwrap_err();
+        assert!(e.contains("not a valid regex"), "{e}");
+        let e = Config::from_yaml("decoding:\n  encodings: [zstd]\n").unwrap_err();
+        assert!(e.contains("zstd"), "{e}");
+        let e = Config::from_yaml("decoding:\n  max_decoded_bytes: 0\n").unwrap_err();
+        assert!(e.contains("decoding.max_decoded_bytes"), "{e}");
         let e = Config::load(Path::new("/nonexistent/meshtap.yaml")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/meshtap.yaml"));
     }

@@ -10,8 +10,9 @@
 //! 4. [`marker`]: each Lua message classified as a `[logPayload]` event of the seed's format (v1) or
 //!    of meshtap's own filter (v2).
 //! 5. [`assemble`]: events reassembled into one [`record::Exchange`] per request/response.
-//! 6. [`stage`]: the stages every exchange passes before delivery (enrichment, [`policy`] (rules,
-//!    sampling, body limits, rate limits), redaction).
+//! 6. [`stage`]: the stages every exchange passes before delivery: Kubernetes enrichment, the
+//!    [`policy`] (rules, sampling, body limits, rate limits), body decoding in [`content`], and
+//!    redaction in [`redact`], last.
 //! 7. [`output`] and [`sink`]: exchanges written out (NDJSON, files, Kafka, OTLP).
 //!
 //! [`pipeline`] wires the stages together for one file; [`k8s`] derives pod identity from log paths
@@ -22,6 +23,7 @@ pub mod capture;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod decode;
 pub mod discover;
 pub mod envoy;
@@ -35,6 +37,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod read;
 pub mod record;
+pub mod redact;
 pub mod run;
 pub mod sink;
 pub mod stage;

@@ -38,7 +38,8 @@ pub struct Stages {
 
 impl Stages {
     /// The stages the configuration asks for (Kubernetes enrichment is added by `meshtap run`,
-    /// which owns the API connection).
+    /// which owns the API connection): the policy, body decoding, then redaction, which must come
+    /// last so no sink ever sees a secret.
     pub fn from_config(config: &Config) -> Result<Stages, ConfigError> {
         let mut stages = Stages::default();
         // No rules and no limits: the policy changes nothing, so it costs nothing.
@@ -50,6 +51,19 @@ impl Stages {
                 }
             })?;
             stages.push(policy);
+        }
+        if config.decoding.enabled {
+            stages.push(crate::content::Decoding::new(config.decoding.clone()));
+        }
+        if config.redaction.enabled {
+            let redaction = config
+                .redaction
+                .compile()
+                .map_err(|message| ConfigError::Invalid {
+                    path: "redaction".to_string(),
+                    message,
+                })?;
+            stages.push(redaction);
         }
         Ok(stages)
     }

@@ -4,6 +4,7 @@
 
 mod agent;
 mod capture;
+mod content;
 mod k8s;
 mod real_envoy;
 mod support;

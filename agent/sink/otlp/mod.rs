@@ -40,7 +40,7 @@
 //! by the next export after the collector is back.
 
 pub mod config;
-mod mapping;
+pub(crate) mod mapping;
 mod transport;
 
 #[cfg(test)]
