@@ -25,7 +25,7 @@ use crate::real_envoy::{
 };
 use crate::support::client::{self, Received};
 use crate::support::envoy::{Envoy, Layout};
-use crate::support::meshtap::{self as runner, group};
+use crate::support::meshtap::{self as runner, group, redacted};
 use crate::support::scenario::{Mode, Spec, AUTHORITY};
 use crate::support::upstream::{Seen, Upstream};
 use crate::support::Failures;
@@ -379,8 +379,11 @@ fn check_record(
     };
     let mut upstream = group(&at_app.headers);
     upstream.remove("host");
-    let want_request = without(upstream, UPSTREAM_ONLY_REQUEST_HEADERS);
-    let want_response = without(group(&got.headers), CLIENT_ONLY_RESPONSE_HEADERS);
+    let want_request = redacted("request", without(upstream, UPSTREAM_ONLY_REQUEST_HEADERS));
+    let want_response = redacted(
+        "response",
+        without(group(&got.headers), CLIENT_ONLY_RESPONSE_HEADERS),
+    );
     for (what, direction, want) in [
         ("request", request, want_request),
         ("response", response, want_response),

@@ -268,19 +268,6 @@ pub fn regular(headers: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<
 }
 
 /// Compares the headers a record logged for a request with what the upstream received.
-/// `headers` as meshtap's default redaction writes them (`set-cookie: session=[REDACTED]; Path=/`):
-/// records never hold the secrets the client and upstream saw, so the truth is compared in that form.
-fn redacted(
-    side: &str,
-    mut headers: BTreeMap<String, Vec<String>>,
-) -> BTreeMap<String, Vec<String>> {
-    let redaction = ::meshtap::redact::RedactionConfig::default()
-        .compile()
-        .expect("the default redaction compiles");
-    redaction.redact_headers(side, &mut headers);
-    headers
-}
-
 pub fn check_request_headers(
     ctx: &str,
     direction: &Value,
@@ -312,7 +299,7 @@ pub fn check_request_headers(
         logged.get(":scheme") == Some(&vec!["http".to_string()]),
         || format!("{ctx}: :scheme {:?}", logged.get(":scheme")),
     );
-    let mut upstream = redacted("request", group(&truth.seen.headers));
+    let mut upstream = crate::support::meshtap::redacted("request", group(&truth.seen.headers));
     let host = upstream.remove("host");
     failures.check(
         host == Some(vec![crate::support::scenario::AUTHORITY.to_string()]),
@@ -365,7 +352,7 @@ pub fn check_response_headers(
             direction["status"], truth.received.status
         )
     });
-    let mut client = redacted("response", group(&truth.received.headers));
+    let mut client = crate::support::meshtap::redacted("response", group(&truth.received.headers));
     failures.check(
         client.get("server") == Some(&vec!["envoy".to_string()]),
         || format!("{ctx}: the client got server {:?}", client.get("server")),
@@ -380,7 +367,9 @@ pub fn check_response_headers(
             diff(&client, &logged)
         ));
     }
-    for (name, values) in redacted("response", group(&truth.seen.response.headers)) {
+    for (name, values) in
+        crate::support::meshtap::redacted("response", group(&truth.seen.response.headers))
+    {
         failures.check(logged.get(&name) == Some(&values), || {
             format!(
                 "{ctx}: upstream header {name}: {values:?} logged as {:?}",

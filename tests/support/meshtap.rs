@@ -76,6 +76,20 @@ pub fn headers(direction: &Value) -> Option<BTreeMap<String, Vec<String>>> {
 }
 
 /// Groups a header list (name, value) by lower-case name, values in order.
+/// `headers` as meshtap's default redaction writes them (`set-cookie: session=[REDACTED]; Path=/`):
+/// records never hold the secrets the client and upstream saw, so the truth is compared in that
+/// form. `side` is `request` or `response`.
+pub fn redacted(
+    side: &str,
+    mut headers: BTreeMap<String, Vec<String>>,
+) -> BTreeMap<String, Vec<String>> {
+    let redaction = ::meshtap::redact::RedactionConfig::default()
+        .compile()
+        .expect("the default redaction compiles");
+    redaction.redact_headers(side, &mut headers);
+    headers
+}
+
 pub fn group(list: &[(String, String)]) -> BTreeMap<String, Vec<String>> {
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in list {

@@ -43,7 +43,10 @@ pub fn differences(record: &Value, truth: &Truth) -> Vec<String> {
         format!("authority {}", rq["authority"]),
     );
     let rq_headers = headers(rq).unwrap_or_default();
-    for (name, values) in crate::support::meshtap::group(&truth.spec.headers) {
+    for (name, values) in crate::support::meshtap::redacted(
+        "request",
+        crate::support::meshtap::group(&truth.spec.headers),
+    ) {
         check(
             rq_headers.get(&name) == Some(&values),
             format!(
@@ -53,7 +56,10 @@ pub fn differences(record: &Value, truth: &Truth) -> Vec<String> {
         );
     }
     let rs_headers = headers(rs).unwrap_or_default();
-    for (name, values) in crate::support::meshtap::group(&truth.seen.response.headers) {
+    for (name, values) in crate::support::meshtap::redacted(
+        "response",
+        crate::support::meshtap::group(&truth.seen.response.headers),
+    ) {
         check(
             rs_headers.get(&name) == Some(&values),
             format!(
