@@ -94,6 +94,8 @@ impl Store {
     }
 
     /// The saved checkpoint, or an empty one on first start.
+    ///
+    /// (The file is written with mode 0600; see [`Store::save`].)
     pub fn load(&self) -> Result<Checkpoint, CheckpointError> {
         let bytes = match fs::read(&self.path) {
             Ok(bytes) => bytes,
@@ -122,7 +124,18 @@ impl Store {
         };
         let versioned = Versioned::V1(checkpoint);
         let bytes = serde_json::to_vec(&versioned).map_err(|e| wrap(e.into()))?;
-        let mut file = fs::File::create(&self.tmp).map_err(wrap)?;
+        // Owner-only: pending exchanges are saved before the stages run, so the file can hold
+        // payloads not yet redacted (the node's container logs hold the same, also root-only).
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&self.tmp)
+                .map_err(wrap)?
+        };
         file.write_all(&bytes).map_err(wrap)?;
         file.sync_all().map_err(wrap)?;
         drop(file);
@@ -179,6 +192,9 @@ mod tests {
         let s = &back.streams["/l/ns_p_u/istio-proxy#0"];
         assert_eq!(s.position.unwrap().offset, 99);
         assert!(!dir.path().join("state/.checkpoints.json.tmp").exists());
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = fs::metadata(store.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "pending payloads are owner-only");
     }
 
     #[test]

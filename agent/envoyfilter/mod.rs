@@ -301,7 +301,7 @@ const HEADER: &str = "\
 # runtime), correlates request and response by a per-stream id carried through dynamic metadata,
 # numbers every line so a gap is detected, caps what it logs per body, and logs the end of every
 # direction with the true body size and a truncation flag. It reads chunks relative to the current
-# chunk (the seed's getBytes bug does not exist here) and never buffers a body.
+# chunk (the seed's getBytes bug does not exist here) and holds at most one 12 KiB piece of a body.
 ";
 
 /// Wraps a value in single quotes for a POSIX shell when it holds anything but safe characters.
