@@ -2,7 +2,7 @@
 //! fallback when the sidecar logs nothing), as NDJSON on stdout or to the configured sink.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,26 +12,19 @@ use clap::{ArgGroup, Args};
 
 use crate::capture::{self, Origin, Until};
 use crate::config::Config;
-use crate::netns::{self, Netns, Roots, Target};
+use crate::netns::{self, Netns, Target};
 use crate::output::NdjsonWriter;
-use crate::record::{Exchange, K8sMeta};
+use crate::record::Exchange;
+
+use super::target::{pod_meta, PodTargetArgs};
 use crate::stage::Stages;
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("target").required(true).args(["pod", "pod_uid", "pid", "netns"])))]
+#[command(group(ArgGroup::new("target").required(true).args(super::target::TARGET_FLAGS)))]
 pub struct CaptureArgs {
-    /// The pod to capture, as NAMESPACE/NAME (found through the kubelet log directory and /proc).
-    #[arg(long, value_name = "NS/NAME")]
-    pub pod: Option<Target>,
-    /// The pod to capture, by UID.
-    #[arg(long, value_name = "UID")]
-    pub pod_uid: Option<String>,
-    /// Capture in the network namespace of this process.
-    #[arg(long)]
-    pub pid: Option<u32>,
-    /// Capture in this network namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`).
-    #[arg(long, value_name = "PATH")]
-    pub netns: Option<PathBuf>,
+    /// Where to capture: a pod, a process's or a named network namespace.
+    #[command(flatten)]
+    pub target: PodTargetArgs,
     /// Interfaces to listen on, repeatable [default: lo and eth0].
     #[arg(long = "interface", value_name = "NAME")]
     pub interfaces: Vec<String>,
@@ -69,36 +62,9 @@ pub struct CaptureArgs {
     /// With --sink: seconds to keep retrying a failing sink before giving up.
     #[arg(long, default_value_t = 60, requires = "sink")]
     pub sink_timeout: u64,
-    /// The host's /proc (where pods' processes are looked up).
-    #[arg(long, default_value = "/proc")]
-    pub proc_root: PathBuf,
-    /// The kubelet's pod log directory (where pod names are resolved to UIDs).
-    #[arg(long, default_value = "/var/log/pods")]
-    pub log_root: PathBuf,
     /// Print the summary as JSON instead of a sentence.
     #[arg(long)]
     pub summary_json: bool,
-}
-
-/// The pod `namespace/name` whose log directory carries `uid`.
-fn pod_of_uid(log_root: &Path, uid: &str) -> Option<(String, String)> {
-    std::fs::read_dir(log_root).ok()?.find_map(|e| {
-        let name = e.ok()?.file_name().into_string().ok()?;
-        let rest = name.strip_suffix(uid)?.strip_suffix('_')?;
-        let (ns, pod) = rest.split_once('_')?;
-        Some((ns.to_string(), pod.to_string()))
-    })
-}
-
-fn meta(namespace: String, pod: String, pod_uid: String) -> K8sMeta {
-    K8sMeta {
-        namespace,
-        pod,
-        pod_uid,
-        // Packets carry no container: the pod's containers share the network namespace.
-        container: String::new(),
-        ..K8sMeta::default()
-    }
 }
 
 pub fn run(args: CaptureArgs) -> anyhow::Result<i32> {
@@ -115,38 +81,16 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<i32> {
         anyhow::bail!("--max-body-bytes must be greater than 0");
     }
 
-    let target = match (&args.pod, &args.pod_uid, args.pid, &args.netns) {
-        (Some(pod), ..) => pod.clone(),
-        (_, Some(uid), ..) => Target::PodUid(uid.clone()),
-        (_, _, Some(pid), _) => Target::Pid(pid),
-        (.., Some(path)) => Target::Path(path.clone()),
-        _ => unreachable!("clap requires one target"),
-    };
+    let target = args.target.target().expect("clap requires one target");
     if let Some(message) = capture::missing_capabilities_message(!matches!(target, Target::Path(_)))
     {
         eprintln!("meshtap capture: {message}");
         return Ok(1);
     }
-    let roots = Roots {
-        proc_root: args.proc_root.clone(),
-        log_root: args.log_root.clone(),
-    };
-    let path = netns::resolve(&target, &roots)?;
-    let (label, k8s) = match &target {
-        Target::Pod { namespace, name } => {
-            let uid = netns::pod_uid_from_log_root(&roots.log_root, namespace, name)?;
-            (
-                format!("{namespace}/{name}"),
-                Some(meta(namespace.clone(), name.clone(), uid)),
-            )
-        }
-        Target::PodUid(uid) => (
-            format!("pod-uid:{uid}"),
-            pod_of_uid(&roots.log_root, uid).map(|(ns, pod)| meta(ns, pod, uid.clone())),
-        ),
-        Target::Pid(pid) => (format!("pid:{pid}"), None),
-        Target::Path(p) => (p.display().to_string(), None),
-    };
+    let resolved = netns::resolve_named(&target, &args.target.roots())?;
+    let path = resolved.path;
+    // Packets carry no container: the pod's containers share the network namespace.
+    let (label, k8s) = (resolved.label, resolved.pod.map(|pod| pod_meta(&pod, "")));
     let origin = Origin {
         file: format!("capture:{label}"),
         k8s,

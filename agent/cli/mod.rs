@@ -5,6 +5,7 @@ pub mod envoyfilter;
 pub mod parse;
 pub mod run;
 pub mod tap;
+pub mod target;
 
 use clap::{Parser, Subcommand};
 

@@ -14,15 +14,17 @@ use clap::{ArgGroup, Args, ValueEnum};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::netns::{self, Roots, Target};
+use crate::netns;
 use crate::output::NdjsonWriter;
-use crate::record::{Exchange, K8sMeta};
+use crate::record::Exchange;
 use crate::sink::config::ConfiguredSink;
 use crate::sink::Sink as _;
 use crate::stage::Stages;
 use crate::tap::admin::{self, AdminTarget, Retry};
 use crate::tap::config::{MatchRules, TapRequest, DEFAULT_CONFIG_ID, DEFAULT_MAX_BUFFERED_BYTES};
 use crate::tap::file::{DoneAction, TapDir, TapDirSettings};
+
+use super::target::{pod_meta, PodTargetArgs};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DoneArg {
@@ -33,21 +35,11 @@ pub enum DoneArg {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("source").required(true).args(["pod", "pod_uid", "pid", "netns", "admin", "dir"])))]
+#[command(group(ArgGroup::new("source").required(true).args(super::target::TARGET_FLAGS).args(["admin", "dir"])))]
 pub struct TapArgs {
-    /// Tap the pod NAMESPACE/NAME on this node: its UID is found under --log-root, its network
-    /// namespace through its processes' cgroups under --proc-root.
-    #[arg(long, value_name = "NS/NAME")]
-    pub pod: Option<String>,
-    /// Tap the pod with this UID on this node.
-    #[arg(long, value_name = "UID")]
-    pub pod_uid: Option<String>,
-    /// Tap the Envoy in the network namespace of process PID.
-    #[arg(long)]
-    pub pid: Option<u32>,
-    /// Tap the Envoy in this network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`).
-    #[arg(long, value_name = "PATH")]
-    pub netns: Option<PathBuf>,
+    /// The Envoy to tap: in a pod's, a process's or a named network namespace.
+    #[command(flatten)]
+    pub target: PodTargetArgs,
     /// Tap the Envoy whose admin listens at ADDR, from meshtap's own network namespace.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
@@ -94,13 +86,6 @@ pub struct TapArgs {
     /// With --dir: milliseconds a file's size must stay unchanged before it is read.
     #[arg(long, default_value_t = 200, requires = "dir")]
     pub settle_ms: u64,
-
-    /// The kubelet's pod log directory (resolves --pod to a pod UID).
-    #[arg(long, default_value = "/var/log/pods")]
-    pub log_root: PathBuf,
-    /// The host's /proc (finds a pod's processes; mount the host's /proc here in a container).
-    #[arg(long, default_value = "/proc")]
-    pub proc_root: PathBuf,
 
     /// YAML configuration (see config/meshtap.yaml): its stages (policy, redaction) apply, and
     /// its sink with --sink.
@@ -217,74 +202,27 @@ pub fn run(args: TapArgs) -> anyhow::Result<i32> {
 
 /// The admin target the flags name.
 fn admin_target(args: &TapArgs) -> anyhow::Result<AdminTarget> {
-    let roots = Roots {
-        proc_root: args.proc_root.clone(),
-        log_root: args.log_root.clone(),
-    };
-    let in_pod = SocketAddr::from(([127, 0, 0, 1], args.admin_port));
-    let (target, label, k8s) = if let Some(addr) = args.admin {
+    if let Some(addr) = args.admin {
         return Ok(AdminTarget {
             addr,
             netns: None,
             label: addr.to_string(),
             k8s: None,
         });
-    } else if let Some(pod) = &args.pod {
-        let target: Target = pod
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("--pod: {e}"))?;
-        let Target::Pod { namespace, name } = &target else {
-            unreachable!("--pod parses to a pod")
-        };
-        let uid = netns::pod_uid_from_log_root(&roots.log_root, namespace, name)?;
-        let k8s = K8sMeta {
-            namespace: namespace.clone(),
-            pod: name.clone(),
-            pod_uid: uid.clone(),
-            container: "istio-proxy".into(),
-            ..Default::default()
-        };
-        (Target::PodUid(uid), pod.clone(), Some(k8s))
-    } else if let Some(uid) = &args.pod_uid {
-        let k8s = pod_of_uid(&roots.log_root, uid);
-        let label = k8s.as_ref().map_or_else(
-            || format!("pod-uid/{uid}"),
-            |k| format!("{}/{}", k.namespace, k.pod),
-        );
-        (Target::PodUid(uid.clone()), label, k8s)
-    } else if let Some(pid) = args.pid {
-        (Target::Pid(pid), format!("pid/{pid}"), None)
-    } else if let Some(path) = &args.netns {
-        (Target::Path(path.clone()), path.display().to_string(), None)
-    } else {
+    }
+    let Some(target) = args.target.target() else {
         anyhow::bail!("one of --pod, --pod-uid, --pid, --netns, --admin or --dir is required");
     };
-    let netns = netns::resolve(&target, &roots)?;
+    let resolved = netns::resolve_named(&target, &args.target.roots())?;
     let missing = netns::missing_capabilities(&[netns::SETNS]);
     if !missing.is_empty() {
         tracing::warn!(missing = ?missing, "Entering another network namespace needs CAP_SYS_ADMIN; setns will probably fail.");
     }
     Ok(AdminTarget {
-        addr: in_pod,
-        netns: Some(netns),
-        label,
-        k8s,
-    })
-}
-
-/// The pod whose kubelet log directory `<log_root>/<namespace>_<name>_<uid>` has this UID, if any.
-fn pod_of_uid(log_root: &std::path::Path, uid: &str) -> Option<K8sMeta> {
-    let suffix = format!("_{uid}");
-    std::fs::read_dir(log_root).ok()?.find_map(|entry| {
-        let name = entry.ok()?.file_name().into_string().ok()?;
-        let (namespace, pod) = name.strip_suffix(&suffix)?.split_once('_')?;
-        Some(K8sMeta {
-            namespace: namespace.to_string(),
-            pod: pod.to_string(),
-            pod_uid: uid.to_string(),
-            container: "istio-proxy".into(),
-            ..Default::default()
-        })
+        addr: SocketAddr::from(([127, 0, 0, 1], args.admin_port)),
+        netns: Some(resolved.path),
+        label: resolved.label,
+        k8s: resolved.pod.map(|pod| pod_meta(&pod, "istio-proxy")),
     })
 }
 

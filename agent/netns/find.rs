@@ -72,6 +72,20 @@ pub fn pod_uid_from_log_root(
         })
 }
 
+/// The pod whose kubelet log directory `<log_root>/<namespace>_<name>_<uid>` has this UID.
+pub(super) fn pod_of_uid(log_root: &Path, uid: &str) -> Option<super::PodIdentity> {
+    let suffix = format!("_{uid}");
+    std::fs::read_dir(log_root).ok()?.find_map(|entry| {
+        let dir = entry.ok()?.file_name().into_string().ok()?;
+        let (namespace, name) = dir.strip_suffix(&suffix)?.split_once('_')?;
+        Some(super::PodIdentity {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: uid.to_string(),
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +151,11 @@ mod tests {
         );
         let e = pod_uid_from_log_root(root.path(), "shop", "cart-2").unwrap_err();
         assert!(e.to_string().contains("no pod shop/cart-2"), "{e}");
+        let pod = pod_of_uid(root.path(), UID).unwrap();
+        assert_eq!(
+            (pod.namespace.as_str(), pod.name.as_str()),
+            ("shop", "cart-1")
+        );
+        assert_eq!(pod_of_uid(root.path(), "0000"), None);
     }
 }

@@ -92,6 +92,48 @@ impl Default for Roots {
     }
 }
 
+/// A pod's identity as the node knows it without the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// A target resolved to its namespace file, with a label for records (`NS/POD`, `pod-uid/UID`,
+/// `pid/PID` or the namespace path) and the pod's identity when the node's log directory knows it.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub path: PathBuf,
+    pub label: String,
+    pub pod: Option<PodIdentity>,
+}
+
+/// Resolves `target` as [`resolve`] does, and names it.
+pub fn resolve_named(target: &Target, roots: &Roots) -> Result<Resolved, NetnsError> {
+    let pod = match target {
+        Target::Pod { namespace, name } => Some(PodIdentity {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid: pod_uid_from_log_root(&roots.log_root, namespace, name)?,
+        }),
+        Target::PodUid(uid) => find::pod_of_uid(&roots.log_root, uid),
+        Target::Pid(_) | Target::Path(_) => None,
+    };
+    let label = match (target, &pod) {
+        (_, Some(p)) => format!("{}/{}", p.namespace, p.name),
+        (Target::PodUid(uid), None) => format!("pod-uid/{uid}"),
+        (Target::Pid(pid), _) => format!("pid/{pid}"),
+        (Target::Path(path), _) => path.display().to_string(),
+        (Target::Pod { .. }, None) => unreachable!("a pod target resolves its identity or fails"),
+    };
+    let path = match (target, &pod) {
+        (Target::Pod { .. }, Some(p)) => netns_of_pod_uid(&roots.proc_root, &p.uid)?,
+        _ => resolve(target, roots)?,
+    };
+    Ok(Resolved { path, label, pod })
+}
+
 /// The namespace file for `target`.
 pub fn resolve(target: &Target, roots: &Roots) -> Result<PathBuf, NetnsError> {
     match target {
