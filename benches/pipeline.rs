@@ -35,7 +35,11 @@ fn measure(name: &str, path: &Path, bytes: usize, exchanges: usize, last: &Last)
         }
     }
     let mbs = bytes as f64 / best / 1e6;
-    let previous = last.get(name).and_then(|v| v.as_f64());
+    // A smoke run (another size, maybe another build) does not compare.
+    let previous = last
+        .get(name)
+        .and_then(|v| v.as_f64())
+        .filter(|_| !gen::smoke());
     let change = previous
         .map(|p| {
             format!(
