@@ -1,59 +1,50 @@
 #!/usr/bin/env bash
-# Benchmarks with one command: parse throughput (cargo bench --bench pipeline) and the agent end
-# to end into the file sink (wall time, MB/s, peak RSS). Inputs are generated deterministically.
-# MESHTAP_BENCH_MB sets the size of each generated log (default 200). Figures go to stdout; copy
-# them into docs/benchmarks.md with the machine and date.
+# Benchmarks with one command: parse throughput (cargo bench --bench pipeline), then the release
+# `meshtap run` end to end (cargo bench --bench agent): a backlog into the file sink, 200 pod logs
+# appended live at 10,000 exchanges/s, a backlog into a local tansu Kafka broker, and a stalled
+# OTLP sink. Inputs are generated deterministically; each line compares with the previous run
+# (target/bench-last.json). Figures and commands: docs/benchmarks.md.
+#
+#   scripts/bench.sh                      everything
+#   scripts/bench.sh parse agent_kafka    only these (parse = the pipeline bench; the agent
+#                                         scenarios by name, see benches/agent.rs)
+#   MESHTAP_BENCH_SMOKE=1 scripts/bench.sh
+#                                         the CI smoke run: tiny sizes, the dev build (already
+#                                         built by `cargo test`), checks that no record is lost
+#                                         or duplicated, asserts no throughput, records nothing
+#
+# Sizes (defaults in docs/benchmarks.md): MESHTAP_BENCH_MB, MESHTAP_BENCH_FILES,
+# MESHTAP_BENCH_RATE, MESHTAP_BENCH_SECONDS, MESHTAP_BENCH_KAFKA_EXCHANGES,
+# MESHTAP_BENCH_BODY_BYTES, MESHTAP_BENCH_STALL_MB, MESHTAP_BENCH_STALL_SECONDS.
+# MESHTAP_BENCH_PROFILE: the cargo profile (default: bench, i.e. release; dev for the smoke run).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-MB="${MESHTAP_BENCH_MB:-200}"
 
-echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
-MESHTAP_BENCH_MB="$MB" cargo bench --quiet --bench pipeline
-cargo build --quiet --release --bin meshtap
+if [ -n "${MESHTAP_BENCH_SMOKE:-}" ] && [ "${MESHTAP_BENCH_SMOKE}" != 0 ]; then
+  PROFILE="${MESHTAP_BENCH_PROFILE:-dev}"
+else
+  PROFILE="${MESHTAP_BENCH_PROFILE:-bench}"
+fi
 
-# Agent end to end: the generated v2 log as a pod's istio-proxy log, delivered to the file sink.
-WORK="$(mktemp -d)"
-trap 'kill "${agent:-0}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-POD="$WORK/pods/bench_productpage-1_0000-1111/istio-proxy"
-mkdir -p "$POD"
-cp target/bench/parse_v2_cri.log "$POD/0.log"
-BYTES=$(stat -c %s "$POD/0.log")
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$WORK/meshtap.yaml" <<YAML
-agent:
-  log_root: $WORK/pods
-  state_dir: $WORK/state
-sink:
-  type: file
-  path: $WORK/out/exchanges.ndjson
-  max_bytes: 1073741824
-ops:
-  listen: 127.0.0.1:$PORT
-log:
-  level: warn
-YAML
-metric() {
-  curl -s "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" 'index($0, m) == 1 {n += $NF} END {print n + 0}'
-}
-start=$(date +%s.%N)
-./target/release/meshtap run --config "$WORK/meshtap.yaml" &
-agent=$!
-# Done when every byte was read and the sink acknowledged as many records as were emitted.
-for _ in $(seq 1 6000); do
-  read_bytes=$(metric meshtap_log_bytes_read_total)
-  emitted=$(metric 'meshtap_exchanges_total')
-  acked=$(metric 'meshtap_sink_records_total')
-  if [ "$read_bytes" -ge "$BYTES" ] && [ "$emitted" -gt 0 ] && [ "$acked" -ge "$emitted" ]; then break; fi
-  sleep 0.01
-done
-end=$(date +%s.%N)
-rss=$(awk '/VmHWM/ {print $2}' "/proc/$agent/status")
-cpu=$(awk '{print ($14 + $15) / 100}' "/proc/$agent/stat")
-kill -TERM "$agent"; wait "$agent" || true
-python3 - "$BYTES" "$start" "$end" "$acked" "$rss" "$cpu" <<'PY'
-import sys
-b, s, e, n, rss, cpu = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
-t = e - s
-print(f"agent_file_sink: {b/1e6:.1f} MB, {n} exchanges in {t:.2f} s = {b/t/1e6:.0f} MB/s, "
-      f"{n/t:.0f} exchanges/s, CPU {cpu:.2f} s, peak RSS {rss/1024:.1f} MiB")
-PY
+# The tansu broker for agent_kafka lives in the test venv.
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+fi
+./scripts/install-test-deps.sh >/dev/null
+
+parse=1
+agent=()
+if [ "$#" -gt 0 ]; then
+  parse=0
+  for name in "$@"; do
+    if [ "$name" = parse ]; then parse=1; else agent+=("$name"); fi
+  done
+fi
+
+echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg), profile $PROFILE"
+if [ "$parse" = 1 ]; then
+  cargo bench --quiet --locked --profile "$PROFILE" --bench pipeline
+fi
+if [ "$#" -eq 0 ] || [ "${#agent[@]}" -gt 0 ]; then
+  cargo bench --quiet --locked --profile "$PROFILE" --bench agent -- "${agent[@]}"
+fi

@@ -17,3 +17,6 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked "$@"
+# A short run of every benchmark (docs/benchmarks.md) on the dev build `cargo test` just made:
+# fails if an agent scenario loses or duplicates a record; asserts no throughput.
+MESHTAP_BENCH_SMOKE=1 ./scripts/bench.sh
