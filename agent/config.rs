@@ -40,6 +40,8 @@ pub struct Config {
     pub policy: crate::policy::PolicyConfig,
     /// `meshtap run`: enrichment from the Kubernetes API and selection of the pods captured.
     pub kubernetes: crate::k8s::KubernetesConfig,
+    /// `meshtap run`: raw capture of pods whose sidecar logs no exchanges (docs/capture.md).
+    pub capture: crate::sources::capture::CaptureConfig,
 }
 
 /// How the agent's own log (stderr) is written.
@@ -272,6 +274,7 @@ impl Config {
         self.sink.validate()?;
         crate::policy::Policy::compile(&self.policy).map_err(|e| e.to_string())?;
         self.kubernetes.validate()?;
+        self.capture.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| format!("log.level {:?} is not a valid filter: {e}", self.log.level))?;
         if a.container.is_empty() || a.log_root.as_os_str().is_empty() {
@@ -328,6 +331,7 @@ mod tests {
             defaults.assembly.max_pending_total
         );
         assert_eq!(shipped.log.level, defaults.log.level);
+        assert_eq!(shipped.capture, defaults.capture);
         assert_eq!(shipped.log.format, defaults.log.format);
         assert_eq!(shipped.ops.enabled, defaults.ops.enabled);
         assert_eq!(shipped.ops.listen, defaults.ops.listen);

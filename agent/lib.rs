@@ -37,6 +37,7 @@ pub mod read;
 pub mod record;
 pub mod run;
 pub mod sink;
+pub mod sources;
 pub mod stage;
 pub mod tail;
 pub mod tap;

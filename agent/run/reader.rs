@@ -94,6 +94,9 @@ pub struct Reader {
     /// Something changed since the last snapshot (data read, exchanges emitted, streams added or
     /// ended): the checkpoint is written only then.
     dirty: bool,
+    /// Raw capture of pods whose sidecar logs no exchanges (`capture:`); its records are drained
+    /// into `emit` every round.
+    capture: crate::sources::capture::Supervisor,
 }
 
 impl Reader {
@@ -107,6 +110,12 @@ impl Reader {
         stages: Stages,
     ) -> Self {
         let a = &config.agent;
+        let capture = crate::sources::capture::Supervisor::new(
+            &config.capture,
+            &a.log_root,
+            &a.container,
+            metrics.clone(),
+        );
         Reader {
             settings: config.settings(),
             log_root: a.log_root.clone(),
@@ -138,6 +147,7 @@ impl Reader {
             waiting: None,
             shutdown_deadline: None,
             dirty: true,
+            capture,
         }
     }
 
@@ -167,7 +177,7 @@ impl Reader {
             if expire {
                 last_expire = Instant::now();
             }
-            let progressed = self.read_round(expire);
+            let progressed = self.read_round(expire) | self.capture_round();
             self.dirty |= progressed || !self.batch.exchanges.is_empty();
             let full = self.batch.exchanges.len() >= self.batch_max
                 || self.batch.bytes >= self.batch_max_bytes;
@@ -196,6 +206,10 @@ impl Reader {
             if !e.flushed {
                 wait = wait.min(self.idle_flush.saturating_sub(e.last_data.elapsed()));
             }
+        }
+        if self.capture.running() > 0 {
+            // Captured exchanges arrive on a channel, not through inotify: look often.
+            wait = wait.min(Duration::from_millis(100));
         }
         wait.max(Duration::from_millis(1))
     }
@@ -269,6 +283,31 @@ impl Reader {
                 stream.finish(&mut |ex| emit(metrics, stages, batch, ex));
             }
         }
+    }
+
+    /// Starts and stops pod captures, and hands what they captured to `emit`; true if any.
+    fn capture_round(&mut self) -> bool {
+        if !self.capture.is_active() {
+            self.batch.lua_pods.clear();
+            return false;
+        }
+        let streams = self
+            .streams
+            .values()
+            .map(|e| (e.key.dir.as_path(), e.finished));
+        self.capture.tick(streams, &mut self.batch.lua_pods);
+        self.capture.report();
+        self.drain_capture()
+    }
+
+    fn drain_capture(&mut self) -> bool {
+        let (batch, metrics, stages) = (&mut self.batch, &self.metrics, &mut self.stages);
+        let mut any = false;
+        for ex in self.capture.drain() {
+            emit(metrics, stages, batch, ex);
+            any = true;
+        }
+        any
     }
 
     /// One turn over every stream; true if any data was read.
@@ -551,6 +590,12 @@ impl Reader {
             }
         }
         let deadline = self.grace_deadline();
+        // Captures stop first and hand over what they decoded: it goes out with the last batch.
+        if self.capture.running() > 0 {
+            self.capture.stop_all(deadline);
+            self.drain_capture();
+            self.capture.report();
+        }
         if !self.send_batch(true) {
             tracing::warn!(
                 "Could not hand the last batch to the sink; it will be read again after a restart."
@@ -582,6 +627,9 @@ struct Outbox {
     exchanges: Vec<Exchange>,
     /// Bodies plus a fixed overhead per record: what the batch costs in memory and on the wire.
     bytes: usize,
+    /// UIDs of pods whose log produced an exchange since the capture supervisor last looked
+    /// (their sidecar has a working filter: no capture needed).
+    lua_pods: std::collections::BTreeSet<String>,
 }
 
 impl Outbox {
@@ -599,7 +647,11 @@ impl Outbox {
 impl From<Vec<Exchange>> for Outbox {
     fn from(exchanges: Vec<Exchange>) -> Self {
         let bytes = exchanges.iter().map(approx_size).sum();
-        Outbox { exchanges, bytes }
+        Outbox {
+            exchanges,
+            bytes,
+            lua_pods: Default::default(),
+        }
     }
 }
 
@@ -613,6 +665,16 @@ fn approx_size(ex: &Exchange) -> usize {
 /// the sink.
 fn emit(metrics: &Metrics, stages: &mut Stages, batch: &mut Outbox, ex: Exchange) {
     metrics.exchange(ex.source.as_str(), ex.complete);
+    if matches!(
+        ex.source,
+        crate::record::Source::LuaV1 | crate::record::Source::LuaV2
+    ) {
+        if let Some(k8s) = &ex.k8s {
+            if !batch.lua_pods.contains(&k8s.pod_uid) {
+                batch.lua_pods.insert(k8s.pod_uid.clone());
+            }
+        }
+    }
     if !ex.warnings.is_empty() {
         metrics.exchange_warnings(1);
     }
