@@ -328,3 +328,52 @@ fn without_net_raw_the_agent_names_it_and_keeps_reading_logs() {
     );
     assert!(stderr.contains("deploy/overlays/capture"), "{stderr}");
 }
+
+/// The filter gets installed while the pod is captured: Lua exchanges appear in its log, and its
+/// capture stops (the log path has it from then on). A pod in the host's network namespace
+/// (hostNetwork) is never captured: that would be the node's traffic.
+#[test]
+fn a_capture_stops_once_the_filter_logs_and_host_network_pods_are_skipped() {
+    let ns = Namespaces::create();
+    let node = Node::new();
+    let pid = std::process::id();
+    let uid = format!("0c1a2b3c-aaaa-bbbb-cccc-{pid:012}");
+    let host_uid = format!("0c1a2b3c-dddd-eeee-ffff-{pid:012}");
+    let dir = node.add_pod("cart-2", &uid, 4545, &Namespaces::path(&ns.a), &quiet_log());
+    // The agent runs in the test's own namespace: /proc/self/ns/net is the "host's".
+    node.add_pod(
+        "node-exporter-1",
+        &host_uid,
+        4646,
+        Path::new("/proc/self/ns/net"),
+        &quiet_log(),
+    );
+    let (child, ops) = node.start_agent(8080, &[]);
+    let mut running = Running(Some(child));
+    wait_metric(ops, "meshtap_capture_active", 1.0, &node);
+    wait_metric(ops, "meshtap_capture_failures_total", 1.0, &node);
+
+    let mut log = fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("istio-proxy/0.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut log, lua_log().as_bytes()).unwrap();
+    wait_metric(ops, "meshtap_capture_active", 0.0, &node);
+    let status = terminate_child(running.0.take().unwrap(), Duration::from_secs(40)).unwrap();
+    assert!(status.success(), "{status}");
+    let stderr = node.stderr();
+    assert!(
+        stderr.contains("Stopping the capture: its sidecar now logs exchanges"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hostNetwork"), "{stderr}");
+    let records = node.records();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["source"], "lua-v2");
+    assert_eq!(records[0]["k8s"]["pod"], "cart-2");
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("hostNetwork")).count(),
+        1,
+        "{stderr}"
+    );
+}
