@@ -202,7 +202,9 @@ pub struct Supervisor {
     workers: BTreeMap<String, Worker>,
     /// Pod UID -> when it may be tried again (`None`: not while it lives).
     blocked: BTreeMap<String, Option<Instant>>,
-    own_netns: Option<u64>,
+    /// Namespaces no pod capture may enter: the agent's own, and the host's (that of PID 1 in
+    /// the host's /proc). A pod in one of them uses hostNetwork.
+    not_pods: Vec<u64>,
     last_tick: Option<Instant>,
 }
 
@@ -242,7 +244,13 @@ impl Supervisor {
             pods: BTreeMap::new(),
             workers: BTreeMap::new(),
             blocked: BTreeMap::new(),
-            own_netns: netns::current_thread_netns_inode().ok(),
+            not_pods: [
+                netns::current_thread_netns_inode().ok(),
+                netns_inode(&config.proc_root.join("1/ns/net")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             last_tick: None,
         }
     }
@@ -458,7 +466,7 @@ impl Supervisor {
             uid,
             label: format!("{namespace}/{pod}"),
             roots: self.roots.clone(),
-            own_netns: self.own_netns,
+            not_pods: self.not_pods.clone(),
             options,
             origin,
             until: Until {
@@ -494,7 +502,7 @@ struct Job {
     uid: String,
     label: String,
     roots: Roots,
-    own_netns: Option<u64>,
+    not_pods: Vec<u64>,
     options: capture::Options,
     origin: Origin,
     until: Until,
@@ -508,7 +516,7 @@ impl Job {
         let failed = |e: &dyn std::fmt::Display| Ended::Failed(e.to_string());
         let path = netns::resolve(&Target::PodUid(self.uid.clone()), &self.roots)
             .map_err(|e| failed(&e))?;
-        if self.own_netns.is_some() && netns_inode(&path) == self.own_netns {
+        if netns_inode(&path).is_some_and(|inode| self.not_pods.contains(&inode)) {
             return Err(Ended::HostNetwork);
         }
         let ns = Netns::open(&path).map_err(|e| failed(&e))?;

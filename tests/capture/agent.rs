@@ -377,3 +377,57 @@ fn a_capture_stops_once_the_filter_logs_and_host_network_pods_are_skipped() {
         "{stderr}"
     );
 }
+
+/// SIGTERM: the agent stops its captures and delivers what they hold. A request whose body is
+/// still coming when the agent stops is delivered as it stands, marked incomplete.
+#[test]
+fn on_sigterm_what_the_captures_hold_is_delivered() {
+    let ns = Namespaces::create();
+    let server = Server::start(&ns.a);
+    let node = Node::new();
+    let uid = format!("0c1a2b3c-1212-3434-5656-{:012}", std::process::id());
+    node.add_pod("cart-3", &uid, 4747, &Namespaces::path(&ns.a), &quiet_log());
+    let (child, ops) = node.start_agent(server.port, &[]);
+    let mut running = Running(Some(child));
+    wait_metric(ops, "meshtap_capture_active", 1.0, &node);
+
+    let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+    // Held open: 3 of 10 body bytes sent.
+    let held = env::in_netns(&ns.a, move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        std::io::Write::write_all(
+            &mut s,
+            b"POST /held HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\nabc",
+        )
+        .unwrap();
+        s
+    })
+    .join()
+    .unwrap();
+    // Later traffic on the same interface, delivered: the capture has read past the held bytes.
+    let got = env::in_netns(&ns.a, move || client::pipelined(addr))
+        .join()
+        .unwrap();
+    wait_for(Duration::from_secs(30), || {
+        (node.records().len() >= got.len()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("pipelined records not delivered: {}", node.stderr()));
+
+    let status = terminate_child(running.0.take().unwrap(), Duration::from_secs(40)).unwrap();
+    assert!(status.success(), "{status}: {}", node.stderr());
+    drop(held);
+    let records = node.records();
+    assert_eq!(records.len(), got.len() + 1, "{records:#?}");
+    let r = records
+        .iter()
+        .find(|r| r["request"]["path"] == "/held")
+        .unwrap_or_else(|| panic!("no record of the held request: {records:#?}"));
+    assert_eq!(r["source"], "capture");
+    assert_eq!(r["complete"], false, "{r:#}");
+    assert_eq!(
+        crate::support::meshtap::body(&r["request"]).unwrap(),
+        b"abc",
+        "{r:#}"
+    );
+    assert_eq!(r["request"]["ended"], false, "{r:#}");
+}
