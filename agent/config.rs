@@ -42,6 +42,8 @@ pub struct Config {
     pub kubernetes: crate::k8s::KubernetesConfig,
     /// `meshtap run`: raw capture of pods whose sidecar logs no exchanges (docs/capture.md).
     pub capture: crate::sources::capture::CaptureConfig,
+    /// `meshtap run`: the admin /tap stream of pods whose sidecar logs no exchanges (docs/tap.md).
+    pub tap: crate::sources::tap::TapConfig,
 }
 
 /// How the agent's own log (stderr) is written.
@@ -275,6 +277,7 @@ impl Config {
         crate::policy::Policy::compile(&self.policy).map_err(|e| e.to_string())?;
         self.kubernetes.validate()?;
         self.capture.validate()?;
+        self.tap.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| format!("log.level {:?} is not a valid filter: {e}", self.log.level))?;
         if a.container.is_empty() || a.log_root.as_os_str().is_empty() {
@@ -332,6 +335,7 @@ mod tests {
         );
         assert_eq!(shipped.log.level, defaults.log.level);
         assert_eq!(shipped.capture, defaults.capture);
+        assert_eq!(shipped.tap, defaults.tap);
         assert_eq!(shipped.log.format, defaults.log.format);
         assert_eq!(shipped.ops.enabled, defaults.ops.enabled);
         assert_eq!(shipped.ops.listen, defaults.ops.listen);

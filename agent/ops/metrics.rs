@@ -42,8 +42,10 @@ pub mod skip {
     pub const SINK_REJECTED: &str = "sink_rejected";
     /// A captured exchange dropped because the queue to the reader was full (agent capture).
     pub const CAPTURE_QUEUE_FULL: &str = "capture_queue_full";
+    /// A tapped exchange dropped because the queue to the reader was full (agent tap).
+    pub const TAP_QUEUE_FULL: &str = "tap_queue_full";
     /// All of them, created at zero so dashboards see every series from the start.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         MALFORMED_LINE,
         STRAY_LINE,
         UNATTRIBUTED_V1,
@@ -54,6 +56,7 @@ pub mod skip {
         LOST_LOG_DATA,
         SINK_REJECTED,
         CAPTURE_QUEUE_FULL,
+        TAP_QUEUE_FULL,
     ];
 }
 
@@ -107,6 +110,9 @@ pub struct Metrics {
     capture_active: Gauge,
     capture_failures: Counter,
     capture_frames_dropped: Family<Labels<1>, Counter>,
+    tap_enabled: Gauge,
+    tap_active: Gauge,
+    tap_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -236,6 +242,24 @@ impl Metrics {
             "Frames a pod capture lost under load, counted when the capture stops, by where (kernel: the socket buffer was full; queue: the decoder fell behind)",
             capture_frames_dropped.clone(),
         );
+        let tap_enabled = Gauge::default();
+        registry.register(
+            "meshtap_tap_enabled",
+            "1 when the agent taps pods without Lua logs through their admin /tap (tap.enabled and the capabilities it needs), else 0",
+            tap_enabled.clone(),
+        );
+        let tap_active = Gauge::default();
+        registry.register(
+            "meshtap_tap_active",
+            "Pods whose sidecar's admin /tap stream is being read now",
+            tap_active.clone(),
+        );
+        let tap_failures = Counter::default();
+        registry.register(
+            "meshtap_tap_failures",
+            "Pod taps that could not start or ended with an error (each logged with the pod)",
+            tap_failures.clone(),
+        );
         let checkpoint_lag = Arc::new(CheckpointLag::default());
         registry.register_collector(Box::new(Arc::clone(&checkpoint_lag)));
 
@@ -283,7 +307,25 @@ impl Metrics {
             capture_active,
             capture_failures,
             capture_frames_dropped,
+            tap_enabled,
+            tap_active,
+            tap_failures,
         }
+    }
+
+    /// Sets `meshtap_tap_enabled`: whether the agent's tap supervisor runs.
+    pub fn tap_enabled(&self, enabled: bool) {
+        self.tap_enabled.set(i64::from(enabled));
+    }
+
+    /// Sets how many pods are being tapped.
+    pub fn tap_active(&self, pods: usize) {
+        self.tap_active.set(i64::try_from(pods).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a pod tap that failed.
+    pub fn tap_failure(&self) {
+        self.tap_failures.inc();
     }
 
     /// Sets `meshtap_capture_enabled`: whether the agent's capture supervisor runs.
@@ -522,6 +564,9 @@ mod tests {
             "meshtap_capture_active gauge",
             "meshtap_capture_failures counter",
             "meshtap_capture_frames_dropped counter",
+            "meshtap_tap_enabled gauge",
+            "meshtap_tap_active gauge",
+            "meshtap_tap_failures counter",
         ] {
             assert!(text.contains(&format!("# TYPE {family}\n")), "{family}");
         }

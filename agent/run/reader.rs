@@ -94,9 +94,9 @@ pub struct Reader {
     /// Something changed since the last snapshot (data read, exchanges emitted, streams added or
     /// ended): the checkpoint is written only then.
     dirty: bool,
-    /// Raw capture of pods whose sidecar logs no exchanges (`capture:`); its records are drained
-    /// into `emit` every round.
-    capture: crate::sources::capture::Supervisor,
+    /// Sources for pods whose sidecar logs no exchanges: raw capture (`capture:`) and the admin
+    /// tap (`tap:`); their records are drained into `emit` every round.
+    sources: Vec<crate::sources::capture::Supervisor>,
 }
 
 impl Reader {
@@ -110,12 +110,20 @@ impl Reader {
         stages: Stages,
     ) -> Self {
         let a = &config.agent;
-        let capture = crate::sources::capture::Supervisor::new(
-            &config.capture,
-            &a.log_root,
-            &a.container,
-            metrics.clone(),
-        );
+        let sources = vec![
+            crate::sources::capture::Supervisor::new(
+                &config.capture,
+                &a.log_root,
+                &a.container,
+                metrics.clone(),
+            ),
+            crate::sources::capture::Supervisor::tap(
+                &config.tap,
+                &a.log_root,
+                &a.container,
+                metrics.clone(),
+            ),
+        ];
         Reader {
             settings: config.settings(),
             log_root: a.log_root.clone(),
@@ -147,7 +155,7 @@ impl Reader {
             waiting: None,
             shutdown_deadline: None,
             dirty: true,
-            capture,
+            sources,
         }
     }
 
@@ -207,7 +215,7 @@ impl Reader {
                 wait = wait.min(self.idle_flush.saturating_sub(e.last_data.elapsed()));
             }
         }
-        if self.capture.running() > 0 {
+        if self.sources.iter().any(|s| s.running() > 0) {
             // Captured exchanges arrive on a channel, not through inotify: look often.
             wait = wait.min(Duration::from_millis(100));
         }
@@ -287,25 +295,26 @@ impl Reader {
 
     /// Starts and stops pod captures, and hands what they captured to `emit`; true if any.
     fn capture_round(&mut self) -> bool {
-        if !self.capture.is_active() {
-            self.batch.lua_pods.clear();
-            return false;
+        for source in self.sources.iter_mut().filter(|s| s.is_active()) {
+            let streams = self
+                .streams
+                .values()
+                .map(|e| (e.key.dir.as_path(), e.finished));
+            source.tick(streams, &self.batch.lua_pods);
+            source.report();
         }
-        let streams = self
-            .streams
-            .values()
-            .map(|e| (e.key.dir.as_path(), e.finished));
-        self.capture.tick(streams, &mut self.batch.lua_pods);
-        self.capture.report();
+        self.batch.lua_pods.clear();
         self.drain_capture()
     }
 
     fn drain_capture(&mut self) -> bool {
         let (batch, metrics, stages) = (&mut self.batch, &self.metrics, &mut self.stages);
         let mut any = false;
-        for ex in self.capture.drain() {
-            emit(metrics, stages, batch, ex);
-            any = true;
+        for source in &self.sources {
+            for ex in source.drain() {
+                emit(metrics, stages, batch, ex);
+                any = true;
+            }
         }
         any
     }
@@ -591,11 +600,13 @@ impl Reader {
         }
         let deadline = self.grace_deadline();
         // Captures stop first and hand over what they decoded: it goes out with the last batch.
-        if self.capture.running() > 0 {
-            self.capture.stop_all(deadline);
-            self.drain_capture();
-            self.capture.report();
+        for source in &mut self.sources {
+            if source.running() > 0 {
+                source.stop_all(deadline);
+                source.report();
+            }
         }
+        self.drain_capture();
         if !self.send_batch(true) {
             tracing::warn!(
                 "Could not hand the last batch to the sink; it will be read again after a restart."

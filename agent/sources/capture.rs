@@ -28,6 +28,8 @@ use crate::netns::{self, Netns, Roots, Target};
 use crate::ops::Metrics;
 use crate::record::{Exchange, K8sMeta};
 
+use super::tap::TapConfig;
+
 /// `capture:` in the agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -90,13 +92,83 @@ impl CaptureConfig {
 
     /// `pods` as (namespace, name).
     fn explicit_pods(&self) -> Result<Vec<(String, String)>, String> {
-        self.pods
-            .iter()
-            .map(|p| match p.parse::<Target>() {
-                Ok(Target::Pod { namespace, name }) => Ok((namespace, name)),
-                _ => Err(format!("capture.pods: expected NAMESPACE/NAME, got {p:?}")),
-            })
-            .collect()
+        parse_pods("capture.pods", &self.pods)
+    }
+}
+
+/// `NAMESPACE/NAME` entries of the config field `field`, as (namespace, name).
+pub(super) fn parse_pods(field: &str, pods: &[String]) -> Result<Vec<(String, String)>, String> {
+    pods.iter()
+        .map(|p| match p.parse::<Target>() {
+            Ok(Target::Pod { namespace, name }) => Ok((namespace, name)),
+            _ => Err(format!("{field}: expected NAMESPACE/NAME, got {p:?}")),
+        })
+        .collect()
+}
+
+/// What a supervisor runs per pod.
+enum Kind {
+    /// Raw capture in the pod's network namespace.
+    Capture(CaptureConfig),
+    /// The sidecar's admin /tap stream.
+    Tap(TapConfig),
+}
+
+impl Kind {
+    fn name(&self) -> &'static str {
+        match self {
+            Kind::Capture(_) => "capture",
+            Kind::Tap(_) => "tap",
+        }
+    }
+
+    fn set_enabled(&self, metrics: &Metrics, on: bool) {
+        match self {
+            Kind::Capture(_) => metrics.capture_enabled(on),
+            Kind::Tap(_) => metrics.tap_enabled(on),
+        }
+    }
+
+    fn set_active(&self, metrics: &Metrics, n: usize) {
+        match self {
+            Kind::Capture(_) => metrics.capture_active(n),
+            Kind::Tap(_) => metrics.tap_active(n),
+        }
+    }
+
+    fn failure(&self, metrics: &Metrics) {
+        match self {
+            Kind::Capture(_) => metrics.capture_failure(),
+            Kind::Tap(_) => metrics.tap_failure(),
+        }
+    }
+
+    /// The message for missing capabilities, if any.
+    fn missing_capabilities(&self) -> Option<String> {
+        match self {
+            Kind::Capture(_) => capture::missing_capabilities_message(true),
+            Kind::Tap(_) => {
+                let needed: Vec<(caps::Capability, &str)> = capture::CAPABILITIES
+                    .iter()
+                    .filter(|(c, _)| *c != caps::Capability::CAP_NET_RAW)
+                    .copied()
+                    .collect();
+                let caps: Vec<caps::Capability> = needed.iter().map(|(c, _)| *c).collect();
+                let missing = netns::missing_capabilities(&caps);
+                if missing.is_empty() {
+                    return None;
+                }
+                let why: Vec<String> = needed
+                    .iter()
+                    .filter(|(c, _)| missing.contains(&c.to_string()))
+                    .map(|(c, why)| format!("{c} (missing) {why}"))
+                    .collect();
+                Some(format!(
+                    "tap needs {}; run as root or apply deploy/overlays/capture",
+                    why.join(", ")
+                ))
+            }
+        }
     }
 }
 
@@ -189,7 +261,9 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Starts and stops captures; owned by the reader thread.
 pub struct Supervisor {
-    config: CaptureConfig,
+    kind: Kind,
+    idle: Duration,
+    max_pods: usize,
     roots: Roots,
     container: String,
     explicit: Vec<(String, String)>,
@@ -205,6 +279,8 @@ pub struct Supervisor {
     /// Namespaces no pod capture may enter: the agent's own, and the host's (that of PID 1 in
     /// the host's /proc). A pod in one of them uses hostNetwork.
     not_pods: Vec<u64>,
+    /// Pods whose log produced an exchange, not yet looked at.
+    lua_pending: BTreeSet<String>,
     last_tick: Option<Instant>,
 }
 
@@ -217,23 +293,79 @@ impl Supervisor {
         container: &str,
         metrics: Arc<Metrics>,
     ) -> Supervisor {
-        let mut active = config.enabled;
+        let common = Common {
+            enabled: config.enabled,
+            idle: Duration::from_secs(config.idle_before_capture_seconds),
+            max_pods: config.max_pods,
+            explicit: config.explicit_pods().unwrap_or_default(),
+            queue_records: config.queue_records,
+            proc_root: config.proc_root.clone(),
+        };
+        Supervisor::build(
+            Kind::Capture(config.clone()),
+            common,
+            log_root,
+            container,
+            metrics,
+        )
+    }
+
+    /// The same for the tap source (`tap:`): pods' admin /tap streams instead of packets.
+    pub fn tap(
+        config: &TapConfig,
+        log_root: &Path,
+        container: &str,
+        metrics: Arc<Metrics>,
+    ) -> Supervisor {
+        let common = Common {
+            enabled: config.enabled,
+            idle: Duration::from_secs(config.idle_before_tap_seconds),
+            max_pods: config.max_pods,
+            explicit: parse_pods("tap.pods", &config.pods).unwrap_or_default(),
+            queue_records: config.queue_records,
+            proc_root: config.proc_root.clone(),
+        };
+        Supervisor::build(
+            Kind::Tap(config.clone()),
+            common,
+            log_root,
+            container,
+            metrics,
+        )
+    }
+
+    fn build(
+        kind: Kind,
+        common: Common,
+        log_root: &Path,
+        container: &str,
+        metrics: Arc<Metrics>,
+    ) -> Supervisor {
+        let mut active = common.enabled;
         if active {
-            if let Some(message) = capture::missing_capabilities_message(true) {
+            if let Some(message) = kind.missing_capabilities() {
+                let what = if matches!(kind, Kind::Capture(_)) {
+                    "Capture"
+                } else {
+                    "Tap"
+                };
                 tracing::error!(
-                    "Capture is disabled: {message}. The log path keeps running without it."
+                    "{what} is disabled: {message}. The log path keeps running without it."
                 );
                 active = false;
             }
         }
-        metrics.capture_enabled(active);
-        metrics.capture_active(0);
-        let (tx, rx) = mpsc::sync_channel(config.queue_records.max(1));
+        kind.set_enabled(&metrics, active);
+        kind.set_active(&metrics, 0);
+        let (tx, rx) = mpsc::sync_channel(common.queue_records.max(1));
+        let proc_root = common.proc_root;
         Supervisor {
-            explicit: config.explicit_pods().unwrap_or_default(),
-            config: config.clone(),
+            kind,
+            idle: common.idle,
+            max_pods: common.max_pods,
+            explicit: common.explicit,
             roots: Roots {
-                proc_root: config.proc_root.clone(),
+                proc_root: proc_root.clone(),
                 log_root: log_root.to_path_buf(),
             },
             container: container.to_string(),
@@ -246,11 +378,12 @@ impl Supervisor {
             blocked: BTreeMap::new(),
             not_pods: [
                 netns::current_thread_netns_inode().ok(),
-                netns_inode(&config.proc_root.join("1/ns/net")),
+                netns_inode(&proc_root.join("1/ns/net")),
             ]
             .into_iter()
             .flatten()
             .collect(),
+            lua_pending: BTreeSet::new(),
             last_tick: None,
         }
     }
@@ -266,16 +399,16 @@ impl Supervisor {
 
     /// Looks at the pods (at most every 250 ms): `streams` are the container log directories
     /// being tailed and whether each ended; `lua_pods` the pod UIDs whose log produced an
-    /// exchange since the last call.
+    /// exchange since the last call (kept until the next look).
     pub fn tick<'a>(
         &mut self,
         streams: impl Iterator<Item = (&'a Path, bool)>,
-        lua_pods: &mut BTreeSet<String>,
+        lua_pods: &BTreeSet<String>,
     ) {
         if !self.active {
-            lua_pods.clear();
             return;
         }
+        self.lua_pending.extend(lua_pods.iter().cloned());
         if self.last_tick.is_some_and(|t| t.elapsed() < TICK) {
             return;
         }
@@ -314,7 +447,7 @@ impl Supervisor {
                 explicit,
             });
         }
-        for uid in std::mem::take(lua_pods) {
+        for uid in std::mem::take(&mut self.lua_pending) {
             if let Some(pod) = self.pods.get_mut(&uid) {
                 pod.lua = true;
             }
@@ -337,13 +470,7 @@ impl Supervisor {
             .filter(|(_, until)| until.is_none_or(|t| now < t))
             .map(|(uid, _)| uid.clone())
             .collect();
-        let plan = plan(
-            &views,
-            &running,
-            &blocked,
-            Duration::from_secs(self.config.idle_before_capture_seconds),
-            self.config.max_pods,
-        );
+        let plan = plan(&views, &running, &blocked, self.idle, self.max_pods);
         for uid in plan.stop {
             if let Some(w) = self.workers.get(&uid) {
                 let why = if self.pods.contains_key(&uid) {
@@ -351,7 +478,7 @@ impl Supervisor {
                 } else {
                     "the pod is gone"
                 };
-                tracing::info!(pod = %format!("{}/{}", w.namespace, w.pod), "Stopping the capture: {why}.");
+                tracing::info!(pod = %format!("{}/{}", w.namespace, w.pod), "Stopping the {}: {why}.", self.kind.name());
                 w.stop.store(true, Ordering::SeqCst);
             }
         }
@@ -381,7 +508,7 @@ impl Supervisor {
         if !self.workers.is_empty() {
             tracing::warn!(
                 captures = self.workers.len(),
-                "Captures did not stop within the grace period; what they still hold is lost."
+                "Pod sources did not stop within the grace period; what they still hold is lost."
             );
         }
     }
@@ -405,18 +532,18 @@ impl Supervisor {
             match result {
                 Ok(()) if stopped => {}
                 Ok(()) => {
-                    tracing::warn!(%pod, "The capture ended by itself; retrying later.");
-                    self.metrics.capture_failure();
+                    tracing::warn!(%pod, "The {} ended by itself; retrying later.", self.kind.name());
+                    self.kind.failure(&self.metrics);
                     self.blocked.insert(uid, Some(Instant::now() + RETRY_AFTER));
                 }
                 Err(Ended::HostNetwork) => {
                     tracing::warn!(%pod, "Not capturing this pod: it uses the host's network namespace (hostNetwork), so its capture would be the node's traffic.");
-                    self.metrics.capture_failure();
+                    self.kind.failure(&self.metrics);
                     self.blocked.insert(uid, None);
                 }
                 Err(Ended::Failed(error)) => {
-                    tracing::warn!(%pod, %error, "Could not capture this pod; retrying in {} s.", RETRY_AFTER.as_secs());
-                    self.metrics.capture_failure();
+                    tracing::warn!(%pod, %error, "Could not {} this pod; retrying in {} s.", self.kind.name(), RETRY_AFTER.as_secs());
+                    self.kind.failure(&self.metrics);
                     self.blocked.insert(uid, Some(Instant::now() + RETRY_AFTER));
                 }
             }
@@ -430,7 +557,7 @@ impl Supervisor {
             .values()
             .filter(|w| w.listening.load(Ordering::SeqCst) && !w.stop.load(Ordering::SeqCst))
             .count();
-        self.metrics.capture_active(listening);
+        self.kind.set_active(&self.metrics, listening);
     }
 
     /// Refreshes `meshtap_capture_active` (a capture that started listening since the last tick).
@@ -443,13 +570,21 @@ impl Supervisor {
     fn spawn(&self, uid: String, namespace: String, pod: String) -> Worker {
         let stop = Arc::new(AtomicBool::new(false));
         let listening = Arc::new(AtomicBool::new(false));
-        let mut limits = capture::flows::Limits::default();
-        limits.http.max_body_bytes = self.config.max_body_bytes;
-        let options = capture::Options {
-            interfaces: self.config.interfaces.clone(),
-            ports: self.config.ports.clone(),
-            limits,
-            ..capture::Options::default()
+        let what = match &self.kind {
+            Kind::Capture(config) => {
+                let mut limits = capture::flows::Limits::default();
+                limits.http.max_body_bytes = config.max_body_bytes;
+                What::Capture(capture::Options {
+                    interfaces: config.interfaces.clone(),
+                    ports: config.ports.clone(),
+                    limits,
+                    ..capture::Options::default()
+                })
+            }
+            Kind::Tap(config) => What::Tap {
+                request: config.request(),
+                admin_port: config.admin_port,
+            },
         };
         let origin = Origin {
             file: format!("capture:{namespace}/{pod}"),
@@ -467,7 +602,7 @@ impl Supervisor {
             label: format!("{namespace}/{pod}"),
             roots: self.roots.clone(),
             not_pods: self.not_pods.clone(),
-            options,
+            what,
             origin,
             until: Until {
                 stop: Arc::clone(&stop),
@@ -497,13 +632,32 @@ impl Supervisor {
     }
 }
 
-/// One pod's capture, run on its own thread.
+/// The supervisor's settings that do not depend on the kind.
+struct Common {
+    enabled: bool,
+    idle: Duration,
+    max_pods: usize,
+    explicit: Vec<(String, String)>,
+    queue_records: usize,
+    proc_root: PathBuf,
+}
+
+/// What one pod's job does.
+enum What {
+    Capture(capture::Options),
+    Tap {
+        request: crate::tap::config::TapRequest,
+        admin_port: u16,
+    },
+}
+
+/// One pod's capture or tap, run on its own thread.
 struct Job {
     uid: String,
     label: String,
     roots: Roots,
     not_pods: Vec<u64>,
-    options: capture::Options,
+    what: What,
     origin: Origin,
     until: Until,
     listening: Arc<AtomicBool>,
@@ -519,14 +673,34 @@ impl Job {
         if netns_inode(&path).is_some_and(|inode| self.not_pods.contains(&inode)) {
             return Err(Ended::HostNetwork);
         }
+        let options = match &self.what {
+            What::Capture(options) => options.clone(),
+            What::Tap {
+                request,
+                admin_port,
+            } => {
+                return super::tap::run(
+                    path,
+                    *admin_port,
+                    request,
+                    &self.label,
+                    self.origin.k8s.clone(),
+                    &self.until.stop,
+                    &self.listening,
+                    &self.tx,
+                    &self.metrics,
+                )
+                .map_err(Ended::Failed);
+            }
+        };
         let ns = Netns::open(&path).map_err(|e| failed(&e))?;
-        let running = capture::start(ns, self.options.clone()).map_err(|e| failed(&e))?;
+        let running = capture::start(ns, options.clone()).map_err(|e| failed(&e))?;
         self.listening.store(true, Ordering::SeqCst);
         tracing::info!(
             pod = %self.label,
             netns = %path.display(),
             interfaces = %running.interfaces.join(","),
-            ports = ?self.options.ports,
+            ports = ?options.ports,
             "Capturing the pod's traffic: its sidecar logs no exchanges."
         );
         let (tx, metrics) = (&self.tx, &self.metrics);

@@ -103,6 +103,15 @@ impl Node {
 
     /// Starts `meshtap run` (through `wrapper` if given) with capture on `port`; waits until ready.
     fn start_agent(&self, port: u16, wrapper: &[&str]) -> (Child, SocketAddr) {
+        let q = serde_json::to_string(&self.proc_root().display().to_string()).unwrap();
+        self.start_agent_with(
+            &format!("capture:\n  enabled: true\n  ports: [{port}]\n  interfaces: [lo]\n  idle_before_capture_seconds: 2\n  proc_root: {q}\n"),
+            wrapper,
+        )
+    }
+
+    /// Starts `meshtap run` with `sources` (YAML of the `capture:`/`tap:` sections) appended.
+    fn start_agent_with(&self, sources: &str, wrapper: &[&str]) -> (Child, SocketAddr) {
         let ops = free_port();
         let q = |p: &Path| serde_json::to_string(&p.display().to_string()).unwrap();
         let config = self.dir.path().join("meshtap.yaml");
@@ -112,12 +121,10 @@ impl Node {
                 "agent:\n  log_root: {}\n  state_dir: {}\n  poll_interval_ms: 100\n  idle_flush_ms: 50\n  checkpoint_interval_ms: 100\n\
                  sink:\n  type: file\n  path: {}\n  max_bytes: 67108864\n  max_files: 5\n\
                  ops:\n  listen: 127.0.0.1:{ops}\n\
-                 kubernetes:\n  enabled: false\n\
-                 capture:\n  enabled: true\n  ports: [{port}]\n  interfaces: [lo]\n  idle_before_capture_seconds: 2\n  proc_root: {}\n",
+                 kubernetes:\n  enabled: false\n{sources}",
                 q(&self.log_root()),
                 q(&self.dir.path().join("state")),
                 q(&self.out()),
-                q(&self.proc_root()),
             ),
         )
         .unwrap();
@@ -430,4 +437,87 @@ fn on_sigterm_what_the_captures_hold_is_delivered() {
         "{r:#}"
     );
     assert_eq!(r["request"]["ended"], false, "{r:#}");
+}
+
+/// `tap.enabled`: the agent reads the admin /tap stream of a real Envoy (tap filter with an
+/// `admin_config`) running in a pod's network namespace, whose admin port is reachable only from
+/// inside it; the records carry the pod's identity, and the tap stops when the pod is deleted.
+#[test]
+fn the_agent_taps_a_pod_sidecar_through_its_admin_port() {
+    use crate::tap::envoy::{admin_filter, http_exchange, in_netns, TapEnvoy, TestNetns};
+    let ns = TestNetns::create("agent");
+    let node = Node::new();
+    let (listener_port, admin_port) = (free_port(), free_port());
+    let envoy = TapEnvoy::start_on(
+        node.dir.path(),
+        &admin_filter("meshtap"),
+        None,
+        listener_port,
+        admin_port,
+        Some(&ns.name),
+    )
+    .expect("envoy starts in the namespace");
+    let uid = format!("0c1a2b3c-abab-cdcd-efef-{:012}", std::process::id());
+    let dir = node.add_pod("cart-4", &uid, envoy.pid(), &ns.path(), &quiet_log());
+    let q = serde_json::to_string(&node.proc_root().display().to_string()).unwrap();
+    let (child, ops) = node.start_agent_with(
+        &format!("tap:\n  enabled: true\n  admin_port: {admin_port}\n  idle_before_tap_seconds: 1\n  proc_root: {q}\n"),
+        &[],
+    );
+    let mut running = Running(Some(child));
+    wait_metric(ops, "meshtap_tap_active", 1.0, &node);
+    assert_eq!(metric(&metrics(ops), "meshtap_capture_enabled"), Some(0.0));
+
+    // The stream is attached some time after the session starts: requests until one is tapped.
+    let listener = SocketAddr::from(([127, 0, 0, 1], listener_port));
+    let mut sent = 0;
+    let record = wait_for(Duration::from_secs(30), || {
+        sent += 1;
+        let path = format!("/tapped/{sent}");
+        let response = in_netns(&ns.name, move || {
+            http_exchange(listener, "POST", &path, b"ping")
+        });
+        assert!(response.ends_with(b"direct-response-body"));
+        node.records().into_iter().find(|r| r["source"] == "tap")
+    })
+    .unwrap_or_else(|| panic!("nothing tapped: {}", node.stderr()));
+    assert_eq!(
+        record["k8s"],
+        serde_json::json!({"namespace": "shop", "pod": "cart-4", "pod_uid": uid, "container": ""}),
+        "{record:#}"
+    );
+    assert_eq!(record["request"]["method"], "POST", "{record:#}");
+    assert!(
+        record["request"]["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/tapped/")),
+        "{record:#}"
+    );
+    // (A direct response does not wait for the request body: Envoy taps none.)
+    assert_eq!(
+        record["request"]["headers"]["x-test"][0], "in-netns",
+        "{record:#}"
+    );
+    assert!(
+        record["log"]["file"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("envoy-admin://shop/cart-4/127.0.0.1:")),
+        "{record:#}"
+    );
+    assert_eq!(
+        crate::support::meshtap::body(&record["response"]).unwrap(),
+        b"direct-response-body"
+    );
+
+    fs::remove_dir_all(&dir).unwrap();
+    wait_metric(ops, "meshtap_tap_active", 0.0, &node);
+    let status = terminate_child(running.0.take().unwrap(), Duration::from_secs(40)).unwrap();
+    assert!(status.success(), "{status}: {}", node.stderr());
+    assert!(
+        node.stderr().contains("Stopping the tap: the pod is gone"),
+        "{}",
+        node.stderr()
+    );
+    let text_failures = node.stderr().matches("Could not tap").count();
+    assert_eq!(text_failures, 0, "{}", node.stderr());
 }
