@@ -96,7 +96,7 @@ pub struct Reader {
     dirty: bool,
     /// Sources for pods whose sidecar logs no exchanges: raw capture (`capture:`) and the admin
     /// tap (`tap:`); their records are drained into `emit` every round.
-    sources: Vec<crate::sources::capture::Supervisor>,
+    sources: Vec<crate::sources::supervisor::Supervisor>,
 }
 
 impl Reader {
@@ -111,13 +111,13 @@ impl Reader {
     ) -> Self {
         let a = &config.agent;
         let sources = vec![
-            crate::sources::capture::Supervisor::new(
+            crate::sources::supervisor::Supervisor::new(
                 &config.capture,
                 &a.log_root,
                 &a.container,
                 metrics.clone(),
             ),
-            crate::sources::capture::Supervisor::tap(
+            crate::sources::supervisor::Supervisor::tap(
                 &config.tap,
                 &a.log_root,
                 &a.container,

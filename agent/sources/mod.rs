@@ -1,5 +1,6 @@
 //! Sources the node agent runs next to the log path, for pods whose sidecar logs no exchanges.
 //!
+//! - [`supervisor`]: starts and stops the per-pod sources below, fed by the reader thread.
 //! - [`capture`]: raw capture in the pod's network namespace ([`crate::capture`]), started by a
 //!   supervisor for pods whose `istio-proxy` log showed no Lua exchange for a while (or that are
 //!   named in the config), stopped when the pod goes away or its filter starts logging.
@@ -10,4 +11,5 @@
 //! they pass the same stages and reach the sink in the same batches.
 
 pub mod capture;
+pub mod supervisor;
 pub mod tap;

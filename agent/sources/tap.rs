@@ -1,4 +1,4 @@
-//! Agent mode of the tap source: the capture supervisor ([`super::capture::Supervisor`]) attaches
+//! Agent mode of the tap source: the capture supervisor ([`super::supervisor::Supervisor`]) attaches
 //! to the admin `/tap` stream of selected pods' sidecars instead of reading packets. The sidecar
 //! needs Envoy's tap filter with an `admin_config` (see docs/tap.md); its admin port listens on
 //! 127.0.0.1 inside the pod, so the agent connects from a thread that entered the pod's network
