@@ -44,6 +44,10 @@ pub struct Config {
     pub decoding: crate::content::DecodingConfig,
     /// Redaction of secrets before any sink sees a record; see `docs/redaction.md`.
     pub redaction: crate::redact::RedactionConfig,
+    /// `meshtap run`: raw capture of pods whose sidecar logs no exchanges (docs/capture.md).
+    pub capture: crate::sources::capture::CaptureConfig,
+    /// `meshtap run`: the admin /tap stream of pods whose sidecar logs no exchanges (docs/tap.md).
+    pub tap: crate::sources::tap::TapConfig,
 }
 
 /// How the agent's own log (stderr) is written.
@@ -278,6 +282,8 @@ impl Config {
         self.kubernetes.validate()?;
         self.decoding.validate()?;
         self.redaction.validate()?;
+        self.capture.validate()?;
+        self.tap.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| format!("log.level {:?} is not a valid filter: {e}", self.log.level))?;
         if a.container.is_empty() || a.log_root.as_os_str().is_empty() {
@@ -334,6 +340,8 @@ mod tests {
             defaults.assembly.max_pending_total
         );
         assert_eq!(shipped.log.level, defaults.log.level);
+        assert_eq!(shipped.capture, defaults.capture);
+        assert_eq!(shipped.tap, defaults.tap);
         assert_eq!(shipped.log.format, defaults.log.format);
         assert_eq!(shipped.ops.enabled, defaults.ops.enabled);
         assert_eq!(shipped.ops.listen, defaults.ops.listen);

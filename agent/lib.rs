@@ -40,6 +40,7 @@ pub mod record;
 pub mod redact;
 pub mod run;
 pub mod sink;
+pub mod sources;
 pub mod stage;
 pub mod tail;
 pub mod tap;

@@ -40,8 +40,12 @@ pub mod skip {
     pub const LOST_LOG_DATA: &str = "lost_log_data";
     /// A record larger than Kafka's `max_message_bytes` even with empty bodies, not sent.
     pub const SINK_REJECTED: &str = "sink_rejected";
+    /// A captured exchange dropped because the queue to the reader was full (agent capture).
+    pub const CAPTURE_QUEUE_FULL: &str = "capture_queue_full";
+    /// A tapped exchange dropped because the queue to the reader was full (agent tap).
+    pub const TAP_QUEUE_FULL: &str = "tap_queue_full";
     /// All of them, created at zero so dashboards see every series from the start.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 11] = [
         MALFORMED_LINE,
         STRAY_LINE,
         UNATTRIBUTED_V1,
@@ -51,11 +55,13 @@ pub mod skip {
         EXPIRED,
         LOST_LOG_DATA,
         SINK_REJECTED,
+        CAPTURE_QUEUE_FULL,
+        TAP_QUEUE_FULL,
     ];
 }
 
 /// Values of the `source` label of `meshtap_exchanges_total`: the record's `source` field.
-const SOURCES: [&str; 2] = ["lua-v1", "lua-v2"];
+const SOURCES: [&str; 4] = ["lua-v1", "lua-v2", "tap", "capture"];
 
 /// Label sets are arrays of `&'static str` pairs: hashing them for a lookup allocates nothing.
 type Labels<const N: usize> = [(&'static str, &'static str); N];
@@ -100,6 +106,13 @@ pub struct Metrics {
     kubernetes_up: Gauge,
     kubernetes_pods: Family<Labels<1>, Gauge>,
     kubernetes_unenriched: Counter,
+    capture_enabled: Gauge,
+    capture_active: Gauge,
+    capture_failures: Counter,
+    capture_frames_dropped: Family<Labels<1>, Counter>,
+    tap_enabled: Gauge,
+    tap_active: Gauge,
+    tap_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -205,6 +218,48 @@ impl Metrics {
             "Exchanges of pods the Kubernetes API had not (yet) told the agent about, delivered with path-only metadata",
             kubernetes_unenriched.clone(),
         );
+        let capture_enabled = Gauge::default();
+        registry.register(
+            "meshtap_capture_enabled",
+            "1 when the agent captures pods without Lua logs (capture.enabled and the capabilities it needs), else 0",
+            capture_enabled.clone(),
+        );
+        let capture_active = Gauge::default();
+        registry.register(
+            "meshtap_capture_active",
+            "Pods whose traffic is being captured now",
+            capture_active.clone(),
+        );
+        let capture_failures = Counter::default();
+        registry.register(
+            "meshtap_capture_failures",
+            "Pod captures that could not start or ended by themselves (each logged with the pod)",
+            capture_failures.clone(),
+        );
+        let capture_frames_dropped = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "meshtap_capture_frames_dropped",
+            "Frames a pod capture lost under load, counted when the capture stops, by where (kernel: the socket buffer was full; queue: the decoder fell behind)",
+            capture_frames_dropped.clone(),
+        );
+        let tap_enabled = Gauge::default();
+        registry.register(
+            "meshtap_tap_enabled",
+            "1 when the agent taps pods without Lua logs through their admin /tap (tap.enabled and the capabilities it needs), else 0",
+            tap_enabled.clone(),
+        );
+        let tap_active = Gauge::default();
+        registry.register(
+            "meshtap_tap_active",
+            "Pods whose sidecar's admin /tap stream is being read now",
+            tap_active.clone(),
+        );
+        let tap_failures = Counter::default();
+        registry.register(
+            "meshtap_tap_failures",
+            "Pod taps that could not start or ended with an error (each logged with the pod)",
+            tap_failures.clone(),
+        );
         let checkpoint_lag = Arc::new(CheckpointLag::default());
         registry.register_collector(Box::new(Arc::clone(&checkpoint_lag)));
 
@@ -223,6 +278,9 @@ impl Metrics {
         }
         for state in ["live", "deleted"] {
             let _created = kubernetes_pods.get_or_create(&[("state", state)]);
+        }
+        for place in ["kernel", "queue"] {
+            let _created = capture_frames_dropped.get_or_create(&[("where", place)]);
         }
 
         Metrics {
@@ -245,6 +303,53 @@ impl Metrics {
             kubernetes_up,
             kubernetes_pods,
             kubernetes_unenriched,
+            capture_enabled,
+            capture_active,
+            capture_failures,
+            capture_frames_dropped,
+            tap_enabled,
+            tap_active,
+            tap_failures,
+        }
+    }
+
+    /// Sets `meshtap_tap_enabled`: whether the agent's tap supervisor runs.
+    pub fn tap_enabled(&self, enabled: bool) {
+        self.tap_enabled.set(i64::from(enabled));
+    }
+
+    /// Sets how many pods are being tapped.
+    pub fn tap_active(&self, pods: usize) {
+        self.tap_active.set(i64::try_from(pods).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a pod tap that failed.
+    pub fn tap_failure(&self) {
+        self.tap_failures.inc();
+    }
+
+    /// Sets `meshtap_capture_enabled`: whether the agent's capture supervisor runs.
+    pub fn capture_enabled(&self, enabled: bool) {
+        self.capture_enabled.set(i64::from(enabled));
+    }
+
+    /// Sets how many pods are being captured.
+    pub fn capture_active(&self, pods: usize) {
+        self.capture_active
+            .set(i64::try_from(pods).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a pod capture that failed or ended by itself.
+    pub fn capture_failure(&self) {
+        self.capture_failures.inc();
+    }
+
+    /// Adds the frames a stopped capture lost: in the kernel, and in its own queue.
+    pub fn capture_frames_dropped(&self, kernel: u64, queue: u64) {
+        for (place, n) in [("kernel", kernel), ("queue", queue)] {
+            self.capture_frames_dropped
+                .get_or_create(&[("where", place)])
+                .inc_by(n);
         }
     }
 
@@ -455,6 +560,13 @@ mod tests {
             "meshtap_kubernetes_up gauge",
             "meshtap_kubernetes_pods gauge",
             "meshtap_kubernetes_unenriched_exchanges counter",
+            "meshtap_capture_enabled gauge",
+            "meshtap_capture_active gauge",
+            "meshtap_capture_failures counter",
+            "meshtap_capture_frames_dropped counter",
+            "meshtap_tap_enabled gauge",
+            "meshtap_tap_active gauge",
+            "meshtap_tap_failures counter",
         ] {
             assert!(text.contains(&format!("# TYPE {family}\n")), "{family}");
         }
@@ -486,7 +598,10 @@ mod tests {
     #[test]
     fn source_labels_match_the_record() {
         use crate::record::Source;
-        for (source, label) in [Source::LuaV1, Source::LuaV2].into_iter().zip(SOURCES) {
+        for (source, label) in [Source::LuaV1, Source::LuaV2, Source::Tap, Source::Capture]
+            .into_iter()
+            .zip(SOURCES)
+        {
             assert_eq!(serde_json::to_value(source).unwrap(), label);
         }
     }

@@ -103,6 +103,9 @@ pub struct Reader {
     /// Something changed since the last snapshot (data read, exchanges emitted, streams added or
     /// ended): the checkpoint is written only then.
     dirty: bool,
+    /// Sources for pods whose sidecar logs no exchanges: raw capture (`capture:`) and the admin
+    /// tap (`tap:`); their records are drained into `emit` every round.
+    sources: Vec<crate::sources::supervisor::Supervisor>,
 }
 
 impl Reader {
@@ -116,6 +119,20 @@ impl Reader {
         stages: Stages,
     ) -> Self {
         let a = &config.agent;
+        let sources = vec![
+            crate::sources::supervisor::Supervisor::new(
+                &config.capture,
+                &a.log_root,
+                &a.container,
+                metrics.clone(),
+            ),
+            crate::sources::supervisor::Supervisor::tap(
+                &config.tap,
+                &a.log_root,
+                &a.container,
+                metrics.clone(),
+            ),
+        ];
         Reader {
             settings: config.settings(),
             log_root: a.log_root.clone(),
@@ -148,6 +165,7 @@ impl Reader {
             resume_at: None,
             shutdown_deadline: None,
             dirty: true,
+            sources,
         }
     }
 
@@ -178,7 +196,8 @@ impl Reader {
                 last_expire = Instant::now();
             }
             let round_started = Instant::now();
-            let (progressed, backlogged) = self.read_round(expire);
+            let (read, backlogged) = self.read_round(expire);
+            let progressed = read | self.capture_round();
             self.dirty |= progressed || !self.batch.exchanges.is_empty();
             let full = self.batch.exchanges.len() >= self.batch_max
                 || self.batch.bytes >= self.batch_max_bytes;
@@ -218,6 +237,10 @@ impl Reader {
             if !e.flushed {
                 wait = wait.min(self.idle_flush.saturating_sub(e.last_data.elapsed()));
             }
+        }
+        if self.sources.iter().any(|s| s.running() > 0) {
+            // Captured exchanges arrive on a channel, not through inotify: look often.
+            wait = wait.min(Duration::from_millis(100));
         }
         wait.max(Duration::from_millis(1))
     }
@@ -291,6 +314,32 @@ impl Reader {
                 stream.finish(&mut |ex| emit(metrics, stages, batch, ex));
             }
         }
+    }
+
+    /// Starts and stops pod captures, and hands what they captured to `emit`; true if any.
+    fn capture_round(&mut self) -> bool {
+        for source in self.sources.iter_mut().filter(|s| s.is_active()) {
+            let streams = self
+                .streams
+                .values()
+                .map(|e| (e.key.dir.as_path(), e.finished));
+            source.tick(streams, &self.batch.lua_pods);
+            source.report();
+        }
+        self.batch.lua_pods.clear();
+        self.drain_capture()
+    }
+
+    fn drain_capture(&mut self) -> bool {
+        let (batch, metrics, stages) = (&mut self.batch, &self.metrics, &mut self.stages);
+        let mut any = false;
+        for source in &self.sources {
+            for ex in source.drain() {
+                emit(metrics, stages, batch, ex);
+                any = true;
+            }
+        }
+        any
     }
 
     /// One turn over every stream: whether any data was read, and whether some stream stopped at
@@ -600,6 +649,14 @@ impl Reader {
             }
         }
         let deadline = self.grace_deadline();
+        // Captures stop first and hand over what they decoded: it goes out with the last batch.
+        for source in &mut self.sources {
+            if source.running() > 0 {
+                source.stop_all(deadline);
+                source.report();
+            }
+        }
+        self.drain_capture();
         if !self.send_batch(true) {
             tracing::warn!(
                 "Could not hand the last batch to the sink; it will be read again after a restart."
@@ -631,6 +688,9 @@ struct Outbox {
     exchanges: Vec<Exchange>,
     /// Bodies plus a fixed overhead per record: what the batch costs in memory and on the wire.
     bytes: usize,
+    /// UIDs of pods whose log produced an exchange since the capture supervisor last looked
+    /// (their sidecar has a working filter: no capture needed).
+    lua_pods: std::collections::BTreeSet<String>,
 }
 
 impl Outbox {
@@ -648,7 +708,11 @@ impl Outbox {
 impl From<Vec<Exchange>> for Outbox {
     fn from(exchanges: Vec<Exchange>) -> Self {
         let bytes = exchanges.iter().map(approx_size).sum();
-        Outbox { exchanges, bytes }
+        Outbox {
+            exchanges,
+            bytes,
+            lua_pods: Default::default(),
+        }
     }
 }
 
@@ -662,6 +726,16 @@ fn approx_size(ex: &Exchange) -> usize {
 /// the sink.
 fn emit(metrics: &Metrics, stages: &mut Stages, batch: &mut Outbox, ex: Exchange) {
     metrics.exchange(ex.source.as_str(), ex.complete);
+    if matches!(
+        ex.source,
+        crate::record::Source::LuaV1 | crate::record::Source::LuaV2
+    ) {
+        if let Some(k8s) = &ex.k8s {
+            if !batch.lua_pods.contains(&k8s.pod_uid) {
+                batch.lua_pods.insert(k8s.pod_uid.clone());
+            }
+        }
+    }
     if !ex.warnings.is_empty() {
         metrics.exchange_warnings(1);
     }

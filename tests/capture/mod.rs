@@ -3,6 +3,7 @@
 //! meshtap entering A through setns. Every record must match exactly what the server received and
 //! the client received: methods, paths, headers, bodies byte for byte.
 
+mod agent;
 mod client;
 mod env;
 

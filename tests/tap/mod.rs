@@ -3,7 +3,7 @@
 //! files (`meshtap tap --dir`); every record is compared with what the client sent and received.
 
 mod admin;
-mod envoy;
+pub(crate) mod envoy;
 mod files;
 mod manifests;
 mod netns;
