@@ -55,20 +55,7 @@ pub fn missing_capabilities_message(other_process: bool) -> Option<String> {
         .filter(|(c, _)| other_process || *c != caps::Capability::CAP_SYS_PTRACE)
         .copied()
         .collect();
-    let caps: Vec<caps::Capability> = needed.iter().map(|(c, _)| *c).collect();
-    let missing = crate::netns::missing_capabilities(&caps);
-    if missing.is_empty() {
-        return None;
-    }
-    let why: Vec<String> = needed
-        .iter()
-        .filter(|(c, _)| missing.contains(&c.to_string()))
-        .map(|(c, why)| format!("{c} (missing) {why}"))
-        .collect();
-    Some(format!(
-        "capture needs {}; run as root or apply deploy/overlays/capture",
-        why.join(", ")
-    ))
+    crate::netns::missing_capabilities_message("capture", &needed)
 }
 
 #[derive(Debug, thiserror::Error)]

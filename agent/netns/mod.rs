@@ -225,6 +225,28 @@ pub fn missing_capabilities(needed: &[caps::Capability]) -> Vec<String> {
         .collect()
 }
 
+/// What `what` (a command or source) needs and this process lacks, with why, as one message;
+/// `None` when nothing is missing. `needed`: each capability with the reason it is needed.
+pub fn missing_capabilities_message(
+    what: &str,
+    needed: &[(caps::Capability, &str)],
+) -> Option<String> {
+    let caps: Vec<caps::Capability> = needed.iter().map(|(c, _)| *c).collect();
+    let missing = missing_capabilities(&caps);
+    if missing.is_empty() {
+        return None;
+    }
+    let why: Vec<String> = needed
+        .iter()
+        .filter(|(c, _)| missing.contains(&c.to_string()))
+        .map(|(c, why)| format!("{c} (missing) {why}"))
+        .collect();
+    Some(format!(
+        "{what} needs {}; run as root or apply deploy/overlays/capture",
+        why.join(", ")
+    ))
+}
+
 /// The inode of the network namespace the calling thread is in (to tell namespaces apart).
 pub fn current_thread_netns_inode() -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt as _;

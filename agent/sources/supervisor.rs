@@ -76,20 +76,7 @@ impl Kind {
                     .filter(|(c, _)| *c != caps::Capability::CAP_NET_RAW)
                     .copied()
                     .collect();
-                let caps: Vec<caps::Capability> = needed.iter().map(|(c, _)| *c).collect();
-                let missing = netns::missing_capabilities(&caps);
-                if missing.is_empty() {
-                    return None;
-                }
-                let why: Vec<String> = needed
-                    .iter()
-                    .filter(|(c, _)| missing.contains(&c.to_string()))
-                    .map(|(c, why)| format!("{c} (missing) {why}"))
-                    .collect();
-                Some(format!(
-                    "tap needs {}; run as root or apply deploy/overlays/capture",
-                    why.join(", ")
-                ))
+                netns::missing_capabilities_message("tap", &needed)
             }
         }
     }
