@@ -11,7 +11,6 @@ use anyhow::Context as _;
 use clap::{ArgGroup, Args};
 
 use crate::capture::{self, Origin, Until};
-use crate::config::Config;
 use crate::netns::{self, Netns, Target};
 use crate::output::NdjsonWriter;
 use crate::record::Exchange;
@@ -53,15 +52,9 @@ pub struct CaptureArgs {
     /// Body bytes kept per direction [default: assembly.max_body_bytes of the config, 4194304].
     #[arg(long)]
     pub max_body_bytes: Option<usize>,
-    /// YAML configuration (see config/meshtap.yaml): the stages (policy, redaction) and the sink.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Deliver the exchanges to the sink of --config instead of printing them.
-    #[arg(long, requires = "config")]
-    pub sink: bool,
-    /// With --sink: seconds to keep retrying a failing sink before giving up.
-    #[arg(long, default_value_t = 60, requires = "sink")]
-    pub sink_timeout: u64,
+    /// --config, --sink, --sink-timeout.
+    #[command(flatten)]
+    pub output: super::ConfigArgs,
     /// Print the summary as JSON instead of a sentence.
     #[arg(long)]
     pub summary_json: bool,
@@ -69,10 +62,7 @@ pub struct CaptureArgs {
 
 pub fn run(args: CaptureArgs) -> anyhow::Result<i32> {
     super::init_logging("warn", crate::config::LogFormat::Text);
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let config = args.output.load()?;
     let mut limits = capture::flows::Limits::default();
     limits.http.max_body_bytes = args
         .max_body_bytes
@@ -134,7 +124,7 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<i32> {
     };
     stop_on_signals(Arc::clone(&until.stop));
 
-    let summary = if args.sink {
+    let summary = if args.output.sink {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -152,9 +142,13 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<i32> {
                     tx.blocking_send(vec![exchange]).is_ok()
                 })
             });
-            let delivered =
-                super::parse::deliver_batches(&mut sink, &config, &mut rx, args.sink_timeout)
-                    .await?;
+            let delivered = super::parse::deliver_batches(
+                &mut sink,
+                &config,
+                &mut rx,
+                args.output.sink_timeout,
+            )
+            .await?;
             let summary = capture.await.context("the capture thread failed")??;
             eprintln!(
                 "meshtap capture: delivered {delivered} exchanges to the {} sink",

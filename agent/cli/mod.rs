@@ -78,6 +78,33 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// The flags `parse`, `tap` and `capture` share: the config whose stages (policy, decoding,
+/// redaction) apply to what they print, and its sink with `--sink`.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// YAML configuration (see config/meshtap.yaml): its stages (policy, redaction) apply, and
+    /// its sink with --sink; flags override it.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Deliver the exchanges to the sink of --config (a file, Kafka, OTLP) instead of printing
+    /// them: for example, replay a saved log into a backend for post-incident forensics.
+    #[arg(long, requires = "config")]
+    pub sink: bool,
+    /// With --sink: seconds to keep retrying a failing sink before giving up.
+    #[arg(long, default_value_t = 60, requires = "sink")]
+    pub sink_timeout: u64,
+}
+
+impl ConfigArgs {
+    /// The configuration named by --config, or the defaults.
+    pub fn load(&self) -> Result<crate::config::Config, crate::config::ConfigError> {
+        match &self.config {
+            Some(path) => crate::config::Config::load(path),
+            None => Ok(crate::config::Config::default()),
+        }
+    }
+}
+
 /// Delivers `batch` to `sink` with the agent's retry policy, giving up after `timeout` of
 /// failures (the one-shot commands' `--sink-timeout`).
 pub(crate) async fn deliver_within(

@@ -27,9 +27,6 @@ pub struct ParseArgs {
     /// as one stream, oldest first.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// YAML configuration (see config/meshtap.yaml); flags override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
     /// Container log format [default: auto, detected per file].
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
@@ -40,22 +37,15 @@ pub struct ParseArgs {
     /// Print the summary as JSON instead of a sentence.
     #[arg(long)]
     pub summary_json: bool,
-    /// Deliver the exchanges to the sink of `--config` (a file, Kafka, OTLP) instead of printing
-    /// them: replays a saved log into a backend for post-incident forensics.
-    #[arg(long, requires = "config")]
-    pub sink: bool,
-    /// With `--sink`: seconds to keep retrying a failing sink before giving up.
-    #[arg(long, default_value_t = 60, requires = "sink")]
-    pub sink_timeout: u64,
+    /// --config, --sink, --sink-timeout.
+    #[command(flatten)]
+    pub output: super::ConfigArgs,
 }
 
 pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
     // Only problems are worth a line here: the summary says what happened.
     super::init_logging("warn", crate::config::LogFormat::Text);
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let config = args.output.load()?;
     let mut settings = config.settings();
     if let Some(format) = args.format {
         settings.format = match format {
@@ -73,7 +63,7 @@ pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
     }
 
     let mut stages = Stages::from_config(&config)?;
-    let (summary, dropped) = if args.sink {
+    let (summary, dropped) = if args.output.sink {
         replay_into_sink(&args, &config, settings, stages)?
     } else {
         let stdout = io::stdout().lock();
@@ -191,7 +181,8 @@ fn replay_into_sink(
             }
             (summary, dropped_counts(&stages))
         });
-        let delivered = deliver_batches(&mut sink, config, &mut rx, args.sink_timeout).await?;
+        let delivered =
+            deliver_batches(&mut sink, config, &mut rx, args.output.sink_timeout).await?;
         let (summary, dropped) = parser.await.context("the parser thread failed")?;
         eprintln!(
             "meshtap parse: delivered {delivered} exchanges to the {} sink",

@@ -13,7 +13,6 @@ use anyhow::Context as _;
 use clap::{ArgGroup, Args, ValueEnum};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::Config;
 use crate::netns;
 use crate::output::NdjsonWriter;
 use crate::record::Exchange;
@@ -87,16 +86,9 @@ pub struct TapArgs {
     #[arg(long, default_value_t = 200, requires = "dir")]
     pub settle_ms: u64,
 
-    /// YAML configuration (see config/meshtap.yaml): its stages (policy, redaction) apply, and
-    /// its sink with --sink.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Deliver the records to the sink of --config instead of printing them.
-    #[arg(long, requires = "config")]
-    pub sink: bool,
-    /// With --sink: seconds to keep retrying a failing sink before giving up.
-    #[arg(long, default_value_t = 60, requires = "sink")]
-    pub sink_timeout: u64,
+    /// --config, --sink, --sink-timeout.
+    #[command(flatten)]
+    pub output: super::ConfigArgs,
 }
 
 /// Where the records go: stdout (NDJSON) or the configured sink.
@@ -137,10 +129,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 pub fn run(args: TapArgs) -> anyhow::Result<i32> {
     super::init_logging("info", crate::config::LogFormat::Text);
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let config = args.output.load()?;
     let stages = Stages::from_config(&config)?;
     if args.max_buffered_bytes == 0 {
         anyhow::bail!("--max-buffered-bytes must be greater than 0");
@@ -151,10 +140,10 @@ pub fn run(args: TapArgs) -> anyhow::Result<i32> {
         .build()
         .context("starting the runtime")?;
     let output = runtime.block_on(async {
-        anyhow::Ok(if args.sink {
+        anyhow::Ok(if args.output.sink {
             Output::Sink {
                 sink: Box::new(config.sink.build(None).await.context("opening the sink")?),
-                timeout: Duration::from_secs(args.sink_timeout),
+                timeout: Duration::from_secs(args.output.sink_timeout),
             }
         } else {
             Output::Stdout(NdjsonWriter::new(io::BufWriter::with_capacity(
