@@ -62,7 +62,8 @@ struct JsonRule {
     fallback: Option<Regex>,
     /// `"<last name>"`: a body without it (and without `\u` escapes) cannot match the path, so
     /// it is neither parsed nor queried for it. `None` when the path does not end in a name.
-    needle: Option<Vec<u8>>,
+    /// Built once: a body is searched for every rule's name on the hot path.
+    needle: Option<memchr::memmem::Finder<'static>>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,7 +163,7 @@ impl BodyRules {
                 expr: expr.clone(),
                 path,
                 fallback,
-                needle,
+                needle: needle.map(|n| memchr::memmem::Finder::new(&n).into_owned()),
             });
         }
         Ok(BodyRules {
@@ -217,7 +218,7 @@ impl BodyRules {
             .json
             .iter()
             .filter(|rule| match &rule.needle {
-                Some(needle) => escaped || memchr::memmem::find(&d.body, needle).is_some(),
+                Some(needle) => escaped || needle.find(&d.body).is_some(),
                 None => true,
             })
             .collect();
