@@ -398,7 +398,9 @@ impl Metrics {
         self.sum("meshtap_exchanges_total")
     }
 
-    /// Batches delivered, their mean delivery time, and the share of `wall` spent delivering.
+    /// Batches delivered, their mean time from submission to acknowledgement, and how many
+    /// were awaiting their acknowledgement on average over `wall` (batches overlap when the
+    /// sink allows several in flight).
     fn delivery_summary(&self, wall: Duration) -> String {
         let count = self.sum("meshtap_sink_delivery_seconds_count");
         let seconds = self
@@ -407,9 +409,9 @@ impl Metrics {
             .copied()
             .unwrap_or(0.0);
         format!(
-            "sink: {count} batches, {:.1} ms each on average, delivering {:.0}% of the time",
+            "sink: {count} batches, {:.1} ms each on average, {:.2} in flight on average",
             seconds * 1000.0 / count.max(1) as f64,
-            seconds / wall.as_secs_f64() * 100.0
+            seconds / wall.as_secs_f64()
         )
     }
 

@@ -21,7 +21,7 @@ use super::file::{FilePosition, FileSink};
 use super::kafka::{KafkaSink, KafkaSinkConfig};
 use super::otlp::{OtlpSink, OtlpSinkConfig};
 use super::stdout::StdoutSink;
-use super::{BoxFuture, Sink, SinkError};
+use super::{BoxFuture, Pending, Sink, SinkError};
 use crate::record::Exchange;
 
 /// Where the agent delivers exchanges.
@@ -196,6 +196,35 @@ impl Sink for ConfiguredSink {
             ConfiguredSink::Kafka(sink) => sink.deliver(batch),
             ConfiguredSink::Otlp(sink) => sink.deliver(batch),
         }
+    }
+
+    fn submit<'a>(
+        &'a mut self,
+        batch: &'a [Exchange],
+    ) -> BoxFuture<'a, Result<Pending, SinkError>> {
+        match self {
+            ConfiguredSink::Stdout(sink) => sink.submit(batch),
+            ConfiguredSink::File(sink) => sink.submit(batch),
+            ConfiguredSink::Kafka(sink) => sink.submit(batch),
+            ConfiguredSink::Otlp(sink) => sink.submit(batch),
+        }
+    }
+
+    fn max_in_flight(&self) -> usize {
+        match self {
+            ConfiguredSink::Stdout(sink) => sink.max_in_flight(),
+            ConfiguredSink::File(sink) => sink.max_in_flight(),
+            ConfiguredSink::Kafka(sink) => sink.max_in_flight(),
+            ConfiguredSink::Otlp(sink) => sink.max_in_flight(),
+        }
+    }
+
+    fn checkpoint_position(&self) -> Option<FilePosition> {
+        self.position()
+    }
+
+    fn rejected_count(&self) -> u64 {
+        self.rejected()
     }
 }
 

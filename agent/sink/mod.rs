@@ -40,6 +40,9 @@ pub enum SinkError {
     Other { sink: &'static str, message: String },
 }
 
+/// A batch the sink has taken: resolves when the backend acknowledged all of it (or failed).
+pub type Pending = BoxFuture<'static, Result<(), SinkError>>;
+
 /// A destination for exchange records.
 pub trait Sink: Send {
     /// Short name for logs and metrics (`stdout`, `file`, `kafka`, `otlp`).
@@ -47,6 +50,37 @@ pub trait Sink: Send {
 
     /// Delivers a batch in order; returns when the backend acknowledged all of it.
     fn deliver<'a>(&'a mut self, batch: &'a [Exchange]) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// Hands a batch to the backend and returns as soon as the sink has taken it, with what
+    /// resolves once the backend acknowledged it, so that the next batch can be encoded and sent
+    /// while this one is on the wire. The default delivers the batch before returning (nothing
+    /// overlaps). Batches submitted one after the other are sent in that order.
+    fn submit<'a>(
+        &'a mut self,
+        batch: &'a [Exchange],
+    ) -> BoxFuture<'a, Result<Pending, SinkError>> {
+        Box::pin(async move {
+            self.deliver(batch).await?;
+            Ok(Box::pin(std::future::ready(Ok(()))) as Pending)
+        })
+    }
+
+    /// How many submitted batches may await their acknowledgement at once: 1 unless the sink's
+    /// `submit` returns before the batch is acknowledged.
+    fn max_in_flight(&self) -> usize {
+        1
+    }
+
+    /// Where the sink stands, to store with each checkpoint (the file sink's position; `None`
+    /// for the others).
+    fn checkpoint_position(&self) -> Option<FilePosition> {
+        None
+    }
+
+    /// Records refused for good so far (Kafka's oversize records), for metrics.
+    fn rejected_count(&self) -> u64 {
+        0
+    }
 }
 
 /// Appends `record` to `buf` as one NDJSON line: a single `serde_json` serialization and `\n`.

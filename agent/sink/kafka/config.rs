@@ -16,6 +16,7 @@
 //!   max_message_bytes: 1000000
 //!   oversize: truncate
 //!   connect_timeout_ms: 10000
+//!   batches_in_flight: 4
 //!   librdkafka_options: {}
 //! ```
 //!
@@ -80,6 +81,11 @@ pub struct KafkaSinkConfig {
     /// with an error naming the brokers.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Batches of the agent handed to librdkafka and not yet acknowledged, at most: the next
+    /// batches are encoded and sent while earlier ones are on the wire. Acknowledgements (and so
+    /// checkpoints) still follow the order of the batches.
+    #[serde(default = "default_batches_in_flight")]
+    pub batches_in_flight: usize,
     /// Any other librdkafka property, passed as is: TLS (`security.protocol`, `ssl.ca.location`),
     /// SASL (`sasl.mechanism`, `sasl.username`, ...), `client.id`, ... Properties that have a field
     /// above are refused here.
@@ -120,6 +126,7 @@ impl fmt::Debug for KafkaSinkConfig {
             max_message_bytes,
             oversize,
             connect_timeout_ms,
+            batches_in_flight,
             librdkafka_options,
         } = self;
         f.debug_struct("KafkaSinkConfig")
@@ -136,6 +143,7 @@ impl fmt::Debug for KafkaSinkConfig {
             .field("max_message_bytes", max_message_bytes)
             .field("oversize", oversize)
             .field("connect_timeout_ms", connect_timeout_ms)
+            .field("batches_in_flight", batches_in_flight)
             .field("librdkafka_options", &Redacted(librdkafka_options))
             .finish()
     }
@@ -205,6 +213,16 @@ fn default_oversize() -> Oversize {
 const fn default_connect_timeout_ms() -> u64 {
     10_000
 }
+
+/// 4: enough to keep encoding, librdkafka's compression and the broker's round trip busy at
+/// once (1 leaves each batch's path serial, see docs/benchmarks.md), while a slow broker holds
+/// at most 4 more batches in memory than the agent's queue.
+const fn default_batches_in_flight() -> usize {
+    4
+}
+
+/// Most batches in flight: beyond this, memory grows without a gain.
+const MAX_BATCHES_IN_FLIGHT: usize = 64;
 
 /// librdkafka's bounds for `message.max.bytes`.
 const MAX_MESSAGE_BYTES: std::ops::RangeInclusive<u64> = 1000..=1_000_000_000;
@@ -344,6 +362,7 @@ impl KafkaSinkConfig {
             max_message_bytes: default_max_message_bytes(),
             oversize: default_oversize(),
             connect_timeout_ms: default_connect_timeout_ms(),
+            batches_in_flight: default_batches_in_flight(),
             librdkafka_options: BTreeMap::new(),
         }
     }
@@ -371,6 +390,12 @@ impl KafkaSinkConfig {
         }
         if self.connect_timeout_ms == 0 {
             return Err("sink.connect_timeout_ms must be greater than 0".into());
+        }
+        if !(1..=MAX_BATCHES_IN_FLIGHT).contains(&self.batches_in_flight) {
+            return Err(format!(
+                "sink.batches_in_flight must be between 1 and {MAX_BATCHES_IN_FLIGHT}, got {}",
+                self.batches_in_flight
+            ));
         }
         for name in self.librdkafka_options.keys() {
             let lower = name.trim().to_ascii_lowercase();
@@ -500,6 +525,10 @@ mod tests {
             (
                 "brokers: k:1\nconnect_timeout_ms: 0\n",
                 "sink.connect_timeout_ms must be greater than 0",
+            ),
+            (
+                "brokers: k:1\nbatches_in_flight: 0\n",
+                "sink.batches_in_flight must be between 1 and 64, got 0",
             ),
             (
                 "brokers: k:1\nlibrdkafka_options:\n  bootstrap.servers: other:9092\n",

@@ -9,14 +9,19 @@
 //!
 //! # Acknowledgement
 //!
-//! [`Sink::deliver`] enqueues every message of the batch, then awaits every delivery report, and
-//! returns `Ok` only when the brokers acknowledged all of them (with `acks: all`, every in-sync
-//! replica). librdkafka retries on its own (across broker outages too) for up to
+//! [`Sink::submit`] enqueues every message of the batch and returns what awaits every delivery
+//! report of it, which resolves `Ok` only when the brokers acknowledged all of them (with
+//! `acks: all`, every in-sync replica). Up to `batches_in_flight` batches are submitted before
+//! the oldest is acknowledged, so encoding, librdkafka's compression and the broker's round trip
+//! overlap; the agent acknowledges batches (and checkpoints) in their order all the same. librdkafka retries on its own (across broker outages too) for up to
 //! `message_timeout_ms`; only then does a message fail and the batch with it. The agent then
 //! delivers the whole batch again, so messages of a partly failed batch can arrive twice. Their
 //! key is the exchange id, so consumers drop duplicates by key. A failed batch is retried with a
 //! new producer, so that no state wedged inside librdkafka (a fatal idempotence error, a producer
-//! id the brokers forgot) outlives the failure.
+//! id the brokers forgot) outlives the failure; the later batches still in flight on the old
+//! producer are then purged with it and sent again in turn. So after a failure, messages of later
+//! batches can reach the topic before those of the failed one: order holds between batches only
+//! while nothing fails (within a partition, librdkafka's idempotence keeps each batch's order).
 //!
 //! A full local queue (`QueueFull`) is backpressure: the sink awaits the oldest delivery of the
 //! batch, then enqueues again. A record rejected as oversized is counted ([`KafkaSink::rejected`])
@@ -34,7 +39,8 @@ pub use topic::TopicTemplate;
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
@@ -43,7 +49,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 use tracing::warn;
 
 use self::message::{Encoded, Message};
-use super::{BoxFuture, Sink, SinkError};
+use super::{BoxFuture, Pending, Sink, SinkError};
 use crate::record::Exchange;
 
 const NAME: &str = "kafka";
@@ -61,10 +67,17 @@ const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(100);
 pub struct KafkaSink {
     config: KafkaSinkConfig,
     producer: FutureProducer<Context>,
-    /// The last batch failed: the next one gets a new producer.
-    renew: bool,
-    rejected: u64,
-    truncated: u64,
+    /// Shared with the batches in flight, which update them when they settle.
+    counts: Arc<Counts>,
+}
+
+/// What the batches in flight report back to the sink.
+#[derive(Debug, Default)]
+struct Counts {
+    /// A batch failed: the next one gets a new producer.
+    renew: AtomicBool,
+    rejected: AtomicU64,
+    truncated: AtomicU64,
 }
 
 impl fmt::Debug for KafkaSink {
@@ -72,8 +85,8 @@ impl fmt::Debug for KafkaSink {
         f.debug_struct("KafkaSink")
             .field("brokers", &self.config.brokers)
             .field("topic", &self.config.topic.to_string())
-            .field("rejected", &self.rejected)
-            .field("truncated", &self.truncated)
+            .field("rejected", &self.rejected())
+            .field("truncated", &self.truncated())
             .finish_non_exhaustive()
     }
 }
@@ -105,9 +118,7 @@ impl KafkaSink {
         Ok(KafkaSink {
             config,
             producer,
-            renew: false,
-            rejected: 0,
-            truncated: 0,
+            counts: Arc::default(),
         })
     }
 
@@ -115,13 +126,13 @@ impl KafkaSink {
     /// `oversize: reject`, or too large even with empty bodies), in the batches delivered since
     /// the sink was built.
     pub fn rejected(&self) -> u64 {
-        self.rejected
+        self.counts.rejected.load(Ordering::Relaxed)
     }
 
     /// Records sent with bodies cut to fit `max_message_bytes`, in the batches delivered since the
     /// sink was built.
     pub fn truncated(&self) -> u64 {
-        self.truncated
+        self.counts.truncated.load(Ordering::Relaxed)
     }
 
     /// The settings the sink runs with.
@@ -129,8 +140,10 @@ impl KafkaSink {
         &self.config
     }
 
-    async fn deliver_batch(&mut self, batch: &[Exchange]) -> Result<(), SinkError> {
-        if self.renew {
+    /// Encodes and enqueues every message of `batch`; the returned future awaits their delivery
+    /// reports (see the module doc).
+    async fn submit_batch(&mut self, batch: &[Exchange]) -> Result<Pending, SinkError> {
+        if self.counts.renew.swap(false, Ordering::Relaxed) {
             self.renew_producer()?;
         }
         let mut messages = Vec::with_capacity(batch.len());
@@ -178,7 +191,9 @@ impl KafkaSink {
                         // Backpressure: wait for room, never spin.
                         record = back;
                         match in_flight.pop_front() {
-                            Some(delivery) => outcome.note(self.settle(delivery).await),
+                            Some(delivery) => {
+                                outcome.note(settle(delivery, &self.config.brokers).await)
+                            }
                             None => tokio::time::sleep(QUEUE_FULL_PAUSE).await,
                         }
                     }
@@ -189,36 +204,22 @@ impl KafkaSink {
                 }
             }
         }
-        while let Some(delivery) = in_flight.pop_front() {
-            outcome.note(self.settle(delivery).await);
-        }
-        let result = outcome.result(&self.config.brokers);
-        self.renew = result.is_err();
-        if result.is_ok() {
-            self.truncated += truncated;
-            self.rejected += rejected;
-        }
-        result
-    }
-
-    /// Awaits one delivery report (`Err` with the reason when the message was not delivered),
-    /// warning every [`WAITING_WARNING`] while it does not come.
-    async fn settle(&self, delivery: DeliveryFuture) -> Result<(), String> {
-        tokio::pin!(delivery);
-        loop {
-            match tokio::time::timeout(WAITING_WARNING, &mut delivery).await {
-                Ok(Ok(Ok(_))) => return Ok(()),
-                Ok(Ok(Err((error, _)))) => return Err(error.to_string()),
-                Ok(Err(_)) => return Err("the producer was closed".into()),
-                Err(_) => warn!(
-                    sink = NAME,
-                    brokers = %self.config.brokers,
-                    in_flight = self.producer.in_flight_count(),
-                    "The Kafka brokers have not acknowledged the batch yet; librdkafka keeps \
-                     retrying until message_timeout_ms."
-                ),
+        let brokers = self.config.brokers.clone();
+        let counts = self.counts.clone();
+        Ok(Box::pin(async move {
+            while let Some(delivery) = in_flight.pop_front() {
+                outcome.note(settle(delivery, &brokers).await);
             }
-        }
+            let result = outcome.result(&brokers);
+            match result {
+                Ok(()) => {
+                    counts.truncated.fetch_add(truncated, Ordering::Relaxed);
+                    counts.rejected.fetch_add(rejected, Ordering::Relaxed);
+                }
+                Err(_) => counts.renew.store(true, Ordering::Relaxed),
+            }
+            result
+        }))
     }
 
     /// Replaces the producer after a failed batch (every delivery report of it has come by then),
@@ -226,9 +227,14 @@ impl KafkaSink {
     /// idempotent producer, or a producer id that a broker which lost its data no longer knows
     /// (librdkafka then bumps the epoch locally and is refused again until `message_timeout_ms`).
     fn renew_producer(&mut self) -> Result<(), SinkError> {
-        let fresh = create_producer(&self.config)?;
+        let fresh = match create_producer(&self.config) {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                self.counts.renew.store(true, Ordering::Relaxed);
+                return Err(error);
+            }
+        };
         let old = std::mem::replace(&mut self.producer, fresh);
-        self.renew = false;
         warn!(
             sink = NAME,
             brokers = %self.config.brokers,
@@ -247,7 +253,37 @@ impl Sink for KafkaSink {
     }
 
     fn deliver<'a>(&'a mut self, batch: &'a [Exchange]) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(self.deliver_batch(batch))
+        Box::pin(async move { self.submit_batch(batch).await?.await })
+    }
+
+    fn submit<'a>(
+        &'a mut self,
+        batch: &'a [Exchange],
+    ) -> BoxFuture<'a, Result<Pending, SinkError>> {
+        Box::pin(self.submit_batch(batch))
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.config.batches_in_flight
+    }
+}
+
+/// Awaits one delivery report (`Err` with the reason when the message was not delivered),
+/// warning every [`WAITING_WARNING`] while it does not come.
+async fn settle(delivery: DeliveryFuture, brokers: &str) -> Result<(), String> {
+    tokio::pin!(delivery);
+    loop {
+        match tokio::time::timeout(WAITING_WARNING, &mut delivery).await {
+            Ok(Ok(Ok(_))) => return Ok(()),
+            Ok(Ok(Err((error, _)))) => return Err(error.to_string()),
+            Ok(Err(_)) => return Err("the producer was closed".into()),
+            Err(_) => warn!(
+                sink = NAME,
+                brokers,
+                "The Kafka brokers have not acknowledged a batch yet; librdkafka keeps retrying \
+                 until message_timeout_ms."
+            ),
+        }
     }
 }
 
