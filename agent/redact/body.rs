@@ -19,16 +19,17 @@ use regex::bytes::Regex;
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
-use super::{Found, NamedPattern, Replacer};
+use super::{card, Found, NamedPattern, Replacer};
 use crate::content::content_codings;
 use crate::record::Direction;
 
 /// The built-in patterns: name, regex, and the regex of a partial match at the end of a truncated
-/// body (anchored at the end).
+/// body (anchored at the end). `card_number` is searched for with [`card::runs`], which finds the
+/// matches of its regex faster.
 const BUILTINS: [(&str, &str, Option<&str>); 3] = [
     (
         "card_number",
-        r"[0-9](?:[ -]?[0-9]){12,}",
+        card::REGEX,
         Some(r"[0-9](?:[ -]?[0-9]){7,}[ -]?\z"),
     ),
     (
@@ -49,8 +50,14 @@ const CARD_DIGITS: Range<usize> = 13..20;
 #[derive(Debug, Clone)]
 struct Pattern {
     name: String,
-    regex: Regex,
-    luhn: bool,
+    search: Search,
+}
+
+#[derive(Debug, Clone)]
+enum Search {
+    /// `card_number`: [`card::runs`], then the Luhn check ([`card_spans`]).
+    Card,
+    Regex(Regex),
 }
 
 #[derive(Debug, Clone)]
@@ -91,10 +98,14 @@ impl BodyRules {
             if patterns.iter().any(|p| p.name == *name) {
                 continue;
             }
+            let search = if *name == "card_number" {
+                Search::Card
+            } else {
+                Search::Regex(Regex::new(regex).expect("built-in patterns compile"))
+            };
             patterns.push(Pattern {
                 name: name.to_string(),
-                regex: Regex::new(regex).expect("built-in patterns compile"),
-                luhn: *name == "card_number",
+                search,
             });
             if let Some(tail) = tail {
                 tails.push((*name, Regex::new(tail).expect("built-in patterns compile")));
@@ -133,8 +144,7 @@ impl BodyRules {
             }
             patterns.push(Pattern {
                 name: p.name.clone(),
-                regex,
-                luhn: false,
+                search: Search::Regex(regex),
             });
         }
         let mut json = Vec::new();
@@ -297,28 +307,25 @@ impl BodyRules {
 impl Pattern {
     /// The body with every match replaced, or `None` when nothing matched.
     fn apply(&self, body: &[u8], r: &Replacer) -> Option<Vec<u8>> {
+        let spans: Vec<Range<usize>> = match &self.search {
+            Search::Card => card::runs(body)
+                .flat_map(|run| card_spans(body, run))
+                .collect(),
+            Search::Regex(regex) => regex
+                .find_iter(body)
+                .filter(|m| !m.is_empty() && !r.is_replacement(m.as_bytes()))
+                .map(|m| m.range())
+                .collect(),
+        };
+        if spans.is_empty() {
+            return None;
+        }
         let mut out = Vec::new();
         let mut last = 0;
-        let mut hit = false;
-        for m in self.regex.find_iter(body) {
-            let spans = if m.is_empty() {
-                Vec::new()
-            } else if self.luhn {
-                card_spans(body, m.range())
-            } else if r.is_replacement(m.as_bytes()) {
-                Vec::new()
-            } else {
-                vec![m.range()]
-            };
-            for span in spans {
-                out.extend_from_slice(&body[last..span.start]);
-                out.extend_from_slice(r.replace(&body[span.clone()]).as_bytes());
-                last = span.end;
-                hit = true;
-            }
-        }
-        if !hit {
-            return None;
+        for span in spans {
+            out.extend_from_slice(&body[last..span.start]);
+            out.extend_from_slice(r.replace(&body[span.clone()]).as_bytes());
+            last = span.end;
         }
         out.extend_from_slice(&body[last..]);
         Some(out)

@@ -17,6 +17,7 @@
 //! the user reference.
 
 mod body;
+mod card;
 mod config;
 mod headers;
 mod query;

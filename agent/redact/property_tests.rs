@@ -3,6 +3,8 @@
 //! JWTs), in plain or gzip-encoded, UTF-8 or binary bodies, never appear in what any sink writes
 //! after the default stages ran: not as text, not as base64 at any alignment.
 //!
+//! Also: the scan that finds card-number candidates yields the matches of the regex it replaces.
+//!
 //! "What any sink writes": the NDJSON line (`serde_json`, as `output`, and the stdout, file and
 //! Kafka sinks (its value) write it), and the OTLP sink's `LogRecord`, protobuf-encoded as it is
 //! exported and also in its `Debug` form.
@@ -320,5 +322,30 @@ proptest! {
         if case.gzip {
             prop_assert_eq!(ex.response.as_ref().unwrap().body_decoded_from.as_deref(), Some("gzip"));
         }
+    }
+}
+
+/// Bytes where runs of digits and their near misses are common: single digits and long runs,
+/// spaces and dashes (also doubled), and any other byte, most of them not valid UTF-8.
+fn digit_heavy() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        8 => (b'0'..=b'9').prop_map(|d| vec![d]),
+        3 => Just(vec![b' ']),
+        3 => Just(vec![b'-']),
+        2 => any::<u8>().prop_map(|b| vec![b]),
+        1 => proptest::collection::vec(b'0'..=b'9', 12..40),
+    ];
+    proptest::collection::vec(piece, 0..80).prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    #[test]
+    fn card_runs_are_the_regex_matches(body in digit_heavy()) {
+        let regex = regex::bytes::Regex::new(card::REGEX).unwrap();
+        let expected: Vec<_> = regex.find_iter(&body).map(|m| m.range()).collect();
+        let runs: Vec<_> = card::runs(&body).collect();
+        prop_assert_eq!(runs, expected, "{:?}", String::from_utf8_lossy(&body));
     }
 }

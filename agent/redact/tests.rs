@@ -306,6 +306,54 @@ fn card_numbers_are_found_with_separators_and_checked() {
     assert_eq!(ex.redacted, ["request.body.card_number"]);
 }
 
+/// The runs `card::runs` finds in `body`, as (start, end), after checking that they are the
+/// matches of the regex it replaces.
+fn card_runs(body: &[u8]) -> Vec<(usize, usize)> {
+    let runs: Vec<_> = card::runs(body).collect();
+    let regex = regex::bytes::Regex::new(card::REGEX).unwrap();
+    let expected: Vec<_> = regex.find_iter(body).map(|m| m.range()).collect();
+    assert_eq!(runs, expected, "{:?}", String::from_utf8_lossy(body));
+    runs.into_iter().map(|r| (r.start, r.end)).collect()
+}
+
+#[test]
+fn card_runs_are_the_regex_matches_at_the_edges() {
+    let none: [(usize, usize); 0] = [];
+    // The whole body, at the start, at the end.
+    assert_eq!(card_runs(b"4111111111111111"), [(0, 16)]);
+    assert_eq!(card_runs(b"4111111111111111 paid"), [(0, 16)]);
+    assert_eq!(card_runs(b"paid 4111111111111111"), [(5, 21)]);
+    assert_eq!(card_runs(b"-4111-1111-1111-1111"), [(1, 20)]);
+    // 12 digits are too few, 13 are enough, with or without separators.
+    assert_eq!(card_runs(b"123456789012"), none);
+    assert_eq!(card_runs(b"1234567890123"), [(0, 13)]);
+    assert_eq!(card_runs(b"1234 5678-9012"), none);
+    assert_eq!(card_runs(b"1234 5678-9012 3"), [(0, 16)]);
+    assert_eq!(card_runs(b"x1-2-3-4-5-6-7-8-9-0-1-2-3x"), [(1, 26)]);
+    // A trailing separator is not part of the run.
+    assert_eq!(card_runs(b"4111 1111 1111 1111 "), [(0, 19)]);
+    assert_eq!(card_runs(b"4111-1111-1111-1111-x"), [(0, 19)]);
+    // Two separators in a row end a run: `1 -2` is two runs.
+    assert_eq!(card_runs(b"1 -234567890123"), none);
+    assert_eq!(card_runs(b"1 -2345678901234"), [(3, 16)]);
+    assert_eq!(card_runs(b"4111  1111 1111 1111"), none);
+    assert_eq!(card_runs(b"4111--1111-1111-1111-1"), [(6, 22)]);
+    assert_eq!(
+        card_runs(b"1234567890123 -1234567890123"),
+        [(0, 13), (15, 28)]
+    );
+    // Runs longer than a card are one run; other bytes, UTF-8 or not, end runs.
+    assert_eq!(card_runs(&[b'7'; 40]), [(0, 40)]);
+    assert_eq!(
+        card_runs(b"\xff1234567890123\xfe12345678901234\xc3"),
+        [(1, 14), (15, 29)]
+    );
+    assert_eq!(card_runs("١٢٣4111111111111111".as_bytes()), [(6, 22)]);
+    assert_eq!(card_runs(b""), none);
+    assert_eq!(card_runs(b"1"), none);
+    assert_eq!(card_runs(b"            -"), none);
+}
+
 #[test]
 fn jwts_and_optional_emails_are_found() {
     let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
