@@ -24,7 +24,8 @@ pub(super) struct Message<'a> {
     pub topic: String,
     pub key: Option<&'a str>,
     pub value: Vec<u8>,
-    pub headers: OwnedHeaders,
+    /// Taken when the message is handed to librdkafka.
+    pub headers: Option<OwnedHeaders>,
 }
 
 /// What became of one exchange.
@@ -66,7 +67,7 @@ pub(super) fn encode<'a>(
         topic,
         key,
         value,
-        headers: owned(&headers),
+        headers: Some(owned(&headers)),
     };
     if value.len() <= budget {
         return Ok(Encoded::Whole(message(value)));
@@ -267,6 +268,8 @@ mod tests {
         assert_eq!(m.topic, "m.shop");
         let headers: Vec<_> = m
             .headers
+            .as_ref()
+            .expect("not yet taken")
             .iter()
             .map(|h| (h.key, std::str::from_utf8(h.value.unwrap()).unwrap()))
             .collect();

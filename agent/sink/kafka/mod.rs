@@ -179,7 +179,7 @@ impl KafkaSink {
         }
         let mut outcome = Outcome::new(messages.len());
         let mut in_flight = VecDeque::with_capacity(messages.len());
-        for message in &messages {
+        for message in &mut messages {
             let mut record = to_record(message);
             loop {
                 match self.producer.send_result(record) {
@@ -287,10 +287,12 @@ async fn settle(delivery: DeliveryFuture, brokers: &str) -> Result<(), String> {
     }
 }
 
-fn to_record<'m>(message: &'m Message<'_>) -> FutureRecord<'m, str, [u8]> {
-    let record = FutureRecord::to(&message.topic)
-        .payload(message.value.as_slice())
-        .headers(message.headers.clone());
+/// The record to send for `message`, whose headers move into it (librdkafka takes them over).
+fn to_record<'m>(message: &'m mut Message<'_>) -> FutureRecord<'m, str, [u8]> {
+    let mut record = FutureRecord::to(&message.topic).payload(message.value.as_slice());
+    if let Some(headers) = message.headers.take() {
+        record = record.headers(headers);
+    }
     match message.key {
         Some(key) => record.key(key),
         None => record,
