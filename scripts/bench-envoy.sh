@@ -4,7 +4,9 @@
 # The front Envoy runs with no filter, with meshtap's v2 Lua filter, and with each of the seed's
 # two filters (deploy/legacy), logging to a file as a sidecar logs to its container log.
 # Prints requests/s (wrk) and the front Envoy's CPU per request, best of MESHTAP_BENCH_ROUNDS
-# rounds (default 3) of MESHTAP_BENCH_SECONDS seconds (default 8).
+# rounds (default 3) of MESHTAP_BENCH_SECONDS seconds (default 8); each round runs every variant
+# in turn. MESHTAP_BENCH_ONLY="v2 ..." limits the variants; MESHTAP_BENCH_VERBOSE=1 prints every
+# run on stderr.
 #
 # Needs: wrk (apt-get install wrk) and the test venv (scripts/install-test-deps.sh), both
 # installed here if missing.
@@ -116,17 +118,26 @@ for extra in ${MESHTAP_BENCH_EXTRA:-}; do
   cp "${extra#*=}" "$WORK/${extra%%=*}.lua"; variants+=("${extra%%=*}")
 done
 [ -n "${MESHTAP_BENCH_ONLY:-}" ] && read -r -a variants <<<"$MESHTAP_BENCH_ONLY"
-declare -A best_rps best_us
+declare -A best_rps best_us front_pid front_port
+# Every variant's front Envoy runs from the start, and each round measures every variant in turn
+# (the order rotating by one each round), so that load from other work on a shared machine falls
+# on all variants alike rather than on whichever ran while it lasted.
 for variant in "${variants[@]}"; do
+  [ -n "${front_pid[$variant]:-}" ] && continue
   lua=""; [ "$variant" != none ] && lua="$WORK/$variant.lua"
   port=$(free_port); admin=$(free_port)
   write_config "$WORK/front-$variant.json" "$port" "$admin" "$lua" "$up_port"
-  start_envoy "$WORK/front-$variant.json" "$WORK/front-$variant.log"; pid=$started
+  start_envoy "$WORK/front-$variant.json" "$WORK/front-$variant.log"
+  front_pid[$variant]=$started; front_port[$variant]=$port
   wait_port "$port"
-  # Warm up (Lua states, connections), then measure.
+  # Warm up (Lua states, connections).
   wrk -t1 -c"$CONNECTIONS" -d1s -s "$WORK/post.lua" "http://127.0.0.1:$port/productpage/api" >/dev/null
   best_rps[$variant]=0; best_us[$variant]=999999
-  for _ in $(seq 1 "$ROUNDS"); do
+done
+order=("${variants[@]}")
+for _ in $(seq 1 "$ROUNDS"); do
+  for variant in "${order[@]}"; do
+    pid=${front_pid[$variant]}; port=${front_port[$variant]}
     cpu0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
     out=$(wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$WORK/post.lua" "http://127.0.0.1:$port/productpage/api")
     cpu1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
@@ -135,11 +146,20 @@ for variant in "${variants[@]}"; do
     non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
     if [ -n "$non2xx" ]; then echo "$variant: $non2xx non-2xx responses" >&2; exit 1; fi
     us=$(awk -v c=$((cpu1 - cpu0)) -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", c / hz * 1e6 / n}')
+    [ -n "${MESHTAP_BENCH_VERBOSE:-}" ] && echo "  $variant: $rps requests/s, $us us/request" >&2
     [ "$rps" -gt "${best_rps[$variant]}" ] && best_rps[$variant]=$rps
     awk -v a="$us" -v b="${best_us[$variant]}" 'BEGIN {exit !(a < b)}' && best_us[$variant]=$us
   done
+  order=("${order[@]:1}" "${order[0]}")
+done
+declare -A printed
+for variant in "${variants[@]}"; do
+  [ -n "${printed[$variant]:-}" ] && continue
+  printed[$variant]=1
+  pid=${front_pid[$variant]}
   kill "$pid"; wait "$pid" 2>/dev/null || true
   lines=$(grep -c logPayload "$WORK/front-$variant.log" || true)
+  rm -f "$WORK/front-$variant.log"
   printf "envoy_%s: %d requests/s, front Envoy CPU %s us/request, %d [logPayload] log lines\n" \
     "$variant" "${best_rps[$variant]}" "${best_us[$variant]}" "$lines"
 done
