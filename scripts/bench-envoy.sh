@@ -4,18 +4,32 @@
 # The front Envoy runs with no filter, with meshtap's v2 Lua filter, and with each of the seed's
 # two filters (deploy/legacy), logging to a file as a sidecar logs to its container log.
 # Prints requests/s (wrk) and the front Envoy's CPU per request, best of MESHTAP_BENCH_ROUNDS
-# rounds (default 3) of MESHTAP_BENCH_SECONDS seconds (default 8).
+# rounds (default 3) of MESHTAP_BENCH_SECONDS seconds (default 8); each round runs every variant
+# in turn. MESHTAP_BENCH_ONLY="v2 ..." limits the variants; MESHTAP_BENCH_VERBOSE=1 prints every
+# run on stderr.
+#
+# MESHTAP_BENCH_CALLGRIND=1 runs each front Envoy under valgrind's callgrind and prints instead
+# the median over the rounds (the lower middle one for an even count) of its user-space
+# instructions per request: those counted while wrk runs, less those of an idle window as long,
+# divided by the requests. Load from other work hardly changes them, unlike time, but they leave
+# out the kernel's part (the log writes among it) and can miss what costs time without costing
+# instructions (LuaJIT's trace compiler did: docs/benchmarks.md). Envoy runs some 30 times slower
+# under callgrind, so requests/s mean nothing then.
 #
 # Needs: wrk (apt-get install wrk) and the test venv (scripts/install-test-deps.sh), both
-# installed here if missing.
+# installed here if missing; valgrind too for MESHTAP_BENCH_CALLGRIND.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROUNDS="${MESHTAP_BENCH_ROUNDS:-3}"
 SECONDS_PER_RUN="${MESHTAP_BENCH_SECONDS:-8}"
 CONNECTIONS="${MESHTAP_BENCH_CONNECTIONS:-16}"
+CALLGRIND="${MESHTAP_BENCH_CALLGRIND:-}"
 
 if ! command -v wrk >/dev/null; then
   apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+fi
+if [ -n "$CALLGRIND" ] && ! command -v valgrind >/dev/null; then
+  apt-get install -y -qq valgrind >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 fi
 ENVOY="$(./scripts/install-test-deps.sh)"
 PY=.cache/venv/bin/python
@@ -87,9 +101,11 @@ PY
 }
 
 base_id=$(( ($$ % 1000) * 10 + 7000 ))
-start_envoy() { # config log; sets $started (the pid)
+start_envoy() { # config log [command prefix...]; sets $started (the pid)
+  local config="$1" log="$2"
+  shift 2
   base_id=$((base_id + 1))
-  "$ENVOY" -c "$1" --disable-hot-restart --concurrency 1 -l warning --base-id "$base_id" >/dev/null 2>"$2" &
+  "$@" "$ENVOY" -c "$config" --disable-hot-restart --concurrency 1 -l warning --base-id "$base_id" >/dev/null 2>"$log" &
   started=$!
   pids+=("$started")
 }
@@ -109,39 +125,86 @@ wrk.body = "$(cat "$WORK/body")"
 wrk.headers["content-type"] = "application/json"
 LUA
 
-echo "== machine: $(nproc) cores, $(uname -r); Envoy $("$ENVOY" --version | grep -o '[0-9]\+\.[0-9]\+\.[0-9]\+' | head -1); wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s, best of $ROUNDS"
+echo "== machine: $(nproc) cores, $(uname -r); Envoy $("$ENVOY" --version | grep -o '[0-9]\+\.[0-9]\+\.[0-9]\+' | head -1); wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s, $([ -n "$CALLGRIND" ] && echo "under callgrind, median" || echo best) of $ROUNDS"
 # MESHTAP_BENCH_EXTRA="name=file.lua ..." measures other Lua filters too (for experiments).
 variants=(none v2 seed-body seed-headers)
 for extra in ${MESHTAP_BENCH_EXTRA:-}; do
   cp "${extra#*=}" "$WORK/${extra%%=*}.lua"; variants+=("${extra%%=*}")
 done
 [ -n "${MESHTAP_BENCH_ONLY:-}" ] && read -r -a variants <<<"$MESHTAP_BENCH_ONLY"
-declare -A best_rps best_us
+declare -A best_rps best_us front_pid front_port instructions dumps
+# Every variant's front Envoy runs from the start, and each round measures every variant in turn
+# (the order rotating by one each round), so that load from other work on a shared machine falls
+# on all variants alike rather than on whichever ran while it lasted.
 for variant in "${variants[@]}"; do
+  [ -n "${front_pid[$variant]:-}" ] && continue
   lua=""; [ "$variant" != none ] && lua="$WORK/$variant.lua"
   port=$(free_port); admin=$(free_port)
   write_config "$WORK/front-$variant.json" "$port" "$admin" "$lua" "$up_port"
-  start_envoy "$WORK/front-$variant.json" "$WORK/front-$variant.log"; pid=$started
+  if [ -n "$CALLGRIND" ]; then
+    start_envoy "$WORK/front-$variant.json" "$WORK/front-$variant.log" valgrind --tool=callgrind \
+      --instr-atstart=no --callgrind-out-file="$WORK/callgrind-$variant.out"
+    dumps[$variant]=0; instructions[$variant]=""
+  else
+    start_envoy "$WORK/front-$variant.json" "$WORK/front-$variant.log"
+  fi
+  front_pid[$variant]=$started; front_port[$variant]=$port
   wait_port "$port"
-  # Warm up (Lua states, connections), then measure.
+  # Warm up (Lua states, connections).
   wrk -t1 -c"$CONNECTIONS" -d1s -s "$WORK/post.lua" "http://127.0.0.1:$port/productpage/api" >/dev/null
   best_rps[$variant]=0; best_us[$variant]=999999
-  for _ in $(seq 1 "$ROUNDS"); do
+done
+order=("${variants[@]}")
+for _ in $(seq 1 "$ROUNDS"); do
+  for variant in "${order[@]}"; do
+    pid=${front_pid[$variant]}; port=${front_port[$variant]}
     cpu0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    [ -n "$CALLGRIND" ] && callgrind_control -i on "$pid" >/dev/null 2>&1
     out=$(wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$WORK/post.lua" "http://127.0.0.1:$port/productpage/api")
     cpu1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
     reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+    if [ -n "$CALLGRIND" ]; then
+      # Each dump holds what was counted since the previous one: the load, then the idle window.
+      callgrind_control -d "$pid" >/dev/null 2>&1
+      sleep "$SECONDS_PER_RUN"
+      callgrind_control -d "$pid" >/dev/null 2>&1
+      callgrind_control -i off "$pid" >/dev/null 2>&1
+      n=${dumps[$variant]}; dumps[$variant]=$((n + 2))
+      load=$(awk '/^totals:/ {print $2}' "$WORK/callgrind-$variant.out.$((n + 1))")
+      idle=$(awk '/^totals:/ {print $2}' "$WORK/callgrind-$variant.out.$((n + 2))")
+      per=$(awk -v l="$load" -v i="$idle" -v n="$reqs" 'BEGIN {printf "%d", (l - i) / n}')
+      instructions[$variant]+="$per "
+      [ -n "${MESHTAP_BENCH_VERBOSE:-}" ] && echo "  $variant: $reqs requests, $per instructions/request" >&2
+      continue
+    fi
     rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%d", $2}')
     non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
     if [ -n "$non2xx" ]; then echo "$variant: $non2xx non-2xx responses" >&2; exit 1; fi
     us=$(awk -v c=$((cpu1 - cpu0)) -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", c / hz * 1e6 / n}')
+    [ -n "${MESHTAP_BENCH_VERBOSE:-}" ] && echo "  $variant: $rps requests/s, $us us/request" >&2
     [ "$rps" -gt "${best_rps[$variant]}" ] && best_rps[$variant]=$rps
     awk -v a="$us" -v b="${best_us[$variant]}" 'BEGIN {exit !(a < b)}' && best_us[$variant]=$us
   done
+  order=("${order[@]:1}" "${order[0]}")
+done
+declare -A printed
+for variant in "${variants[@]}"; do
+  [ -n "${printed[$variant]:-}" ] && continue
+  printed[$variant]=1
+  pid=${front_pid[$variant]}
   kill "$pid"; wait "$pid" 2>/dev/null || true
   lines=$(grep -c logPayload "$WORK/front-$variant.log" || true)
+  rm -f "$WORK/front-$variant.log"
+  if [ -n "$CALLGRIND" ]; then
+    median=$(echo "${instructions[$variant]}" | tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
+    printf "envoy_%s: front Envoy %s user-space instructions/request (median of %d rounds), %d [logPayload] log lines\n" \
+      "$variant" "$median" "$ROUNDS" "$lines"
+    continue
+  fi
   printf "envoy_%s: %d requests/s, front Envoy CPU %s us/request, %d [logPayload] log lines\n" \
     "$variant" "${best_rps[$variant]}" "${best_us[$variant]}" "$lines"
 done
-[ -n "${best_rps[none]:-}" ] && [ -n "${best_rps[v2]:-}" ] && [ -n "${best_rps[seed-body]:-}" ] && [ -n "${best_rps[seed-headers]:-}" ] && awk -v n="${best_rps[none]}" -v v2="${best_rps[v2]}" -v b="${best_rps[seed-body]}" -v h="${best_rps[seed-headers]:-0}" 'BEGIN {
+if [ -z "$CALLGRIND" ] && [ -n "${best_rps[none]:-}" ] && [ -n "${best_rps[v2]:-}" ] && [ -n "${best_rps[seed-body]:-}" ] && [ -n "${best_rps[seed-headers]:-}" ]; then
+  awk -v n="${best_rps[none]}" -v v2="${best_rps[v2]}" -v b="${best_rps[seed-body]}" -v h="${best_rps[seed-headers]:-0}" 'BEGIN {
   printf "envoy_v2_vs_none: %.0f%% of the throughput with no filter (target 80%%); seed body filter %.0f%%, seed headers filter %.0f%%\n", 100*v2/n, 100*b/n, 100*h/n }'
+fi

@@ -1,6 +1,14 @@
 -- meshtap lua-v2 payload logger. Format: docs/lua-v2-format.md
 -- `meshtap envoyfilter` renders this file into an Istio EnvoyFilter (docs/envoyfilter.md); it
 -- sets MAX_BODY and SKIP_HEADERS below from its flags.
+
+-- LuaJIT's trace compiler off: with it on, this script cost Envoy about 9% more CPU per request
+-- (docs/benchmarks.md, "Envoy cost of the Lua filters"). This turns it off only in this filter's
+-- own Lua states (Envoy makes one per worker thread); `jit` is nil under a plain Lua.
+if jit then
+  jit.off()
+end
+
 -- Bytes of each body that are logged; the rest is counted and flagged, not logged.
 local MAX_BODY = 65536
 -- Raw bytes per body line: 12 KiB becomes 16 KiB of base64, which bounds a line (runtimes
