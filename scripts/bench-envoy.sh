@@ -66,7 +66,7 @@ if mode == "direct":
     # The buffer filter reads the whole request body before the direct response goes out;
     # without it Envoy answers a POST before reading its body and closes the connection, so the
     # front Envoy opened an upstream connection per request (which flattered every filter's
-    # ratio to no filter; the figures before 2026-11-25 16:30 UTC were measured so).
+    # ratio to no filter; the figures before 2026-11-25 16:10 UTC were measured so).
     filters = [{"name": "envoy.filters.http.buffer", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
         "max_request_bytes": 1048576}}, router]
