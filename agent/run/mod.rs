@@ -22,6 +22,7 @@ use crate::checkpoint::{CheckpointError, Store};
 use crate::config::Config;
 use crate::ops::{Metrics, OpsState};
 use crate::record::Exchange;
+use crate::sink::Sink as _;
 use crate::stage::Stages;
 
 /// Exchanges handed from the reader to the sink, numbered in order.
@@ -104,7 +105,7 @@ async fn run_async(config: Config) -> Result<(), RunError> {
         .map_err(RunError::Sink)?;
     // Where the file sink stands now (after rolling back to the checkpoint): the first checkpoint
     // must record it too, or a crash before the first acknowledgement could not roll back.
-    checkpoint.sink_position = sink.position();
+    checkpoint.sink_position = sink.checkpoint_position();
     let (batch_tx, batch_rx) = tokio::sync::mpsc::channel::<Batch>(config.agent.queue_batches);
     let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Ack>();
     let deliver_task = tokio::spawn(deliver::deliver(

@@ -161,24 +161,6 @@ pub enum ConfiguredSink {
     Otlp(Box<OtlpSink>),
 }
 
-impl ConfiguredSink {
-    /// Records the sink refused to send for good so far (Kafka's oversize records), for metrics.
-    pub fn rejected(&self) -> u64 {
-        match self {
-            ConfiguredSink::Kafka(kafka) => kafka.rejected(),
-            _ => 0,
-        }
-    }
-
-    /// The position to store in the checkpoint: `Some` for the file sink only.
-    pub fn position(&self) -> Option<FilePosition> {
-        match self {
-            ConfiguredSink::File(file) => Some(file.position()),
-            ConfiguredSink::Stdout(_) | ConfiguredSink::Kafka(_) | ConfiguredSink::Otlp(_) => None,
-        }
-    }
-}
-
 impl Sink for ConfiguredSink {
     fn name(&self) -> &'static str {
         match self {
@@ -220,11 +202,21 @@ impl Sink for ConfiguredSink {
     }
 
     fn checkpoint_position(&self) -> Option<FilePosition> {
-        self.position()
+        match self {
+            ConfiguredSink::Stdout(sink) => sink.checkpoint_position(),
+            ConfiguredSink::File(sink) => sink.checkpoint_position(),
+            ConfiguredSink::Kafka(sink) => sink.checkpoint_position(),
+            ConfiguredSink::Otlp(sink) => sink.checkpoint_position(),
+        }
     }
 
     fn rejected_count(&self) -> u64 {
-        self.rejected()
+        match self {
+            ConfiguredSink::Stdout(sink) => sink.rejected_count(),
+            ConfiguredSink::File(sink) => sink.rejected_count(),
+            ConfiguredSink::Kafka(sink) => sink.rejected_count(),
+            ConfiguredSink::Otlp(sink) => sink.rejected_count(),
+        }
     }
 }
 
@@ -331,7 +323,7 @@ mod tests {
         });
         let sink = config.build(None).await.unwrap();
         assert_eq!(sink.name(), "file");
-        assert_eq!(sink.position().unwrap().size, 0);
+        assert_eq!(sink.checkpoint_position().unwrap().size, 0);
         assert!(dir.path().join("out/x.ndjson").is_file());
 
         let bad = SinkConfig::File(FileSinkConfig {
@@ -343,6 +335,6 @@ mod tests {
 
         let stdout = SinkConfig::Stdout {}.build(None).await.unwrap();
         assert_eq!(stdout.name(), "stdout");
-        assert_eq!(stdout.position(), None);
+        assert_eq!(stdout.checkpoint_position(), None);
     }
 }

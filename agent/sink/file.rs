@@ -152,6 +152,10 @@ impl Sink for FileSink {
     fn deliver<'a>(&'a mut self, batch: &'a [Exchange]) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(self.write_batch(batch))
     }
+
+    fn checkpoint_position(&self) -> Option<FilePosition> {
+        Some(self.position())
+    }
 }
 
 impl Files {

@@ -13,8 +13,9 @@
 //! report of it, which resolves `Ok` only when the brokers acknowledged all of them (with
 //! `acks: all`, every in-sync replica). Up to `batches_in_flight` batches are submitted before
 //! the oldest is acknowledged, so encoding, librdkafka's compression and the broker's round trip
-//! overlap; the agent acknowledges batches (and checkpoints) in their order all the same. librdkafka retries on its own (across broker outages too) for up to
-//! `message_timeout_ms`; only then does a message fail and the batch with it. The agent then
+//! overlap; the agent acknowledges batches (and checkpoints) in their order all the same.
+//! librdkafka retries on its own (across broker outages too) for up to `message_timeout_ms`; only
+//! then does a message fail and the batch with it. The agent then
 //! delivers the whole batch again, so messages of a partly failed batch can arrive twice. Their
 //! key is the exchange id, so consumers drop duplicates by key. A failed batch is retried with a
 //! new producer, so that no state wedged inside librdkafka (a fatal idempotence error, a producer
@@ -265,6 +266,10 @@ impl Sink for KafkaSink {
 
     fn max_in_flight(&self) -> usize {
         self.config.batches_in_flight
+    }
+
+    fn rejected_count(&self) -> u64 {
+        self.rejected()
     }
 }
 

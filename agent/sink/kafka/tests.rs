@@ -323,6 +323,41 @@ async fn a_full_local_queue_is_waited_out() {
     assert_eq!(ids(&got), batch.iter().map(|e| e.id.clone()).collect());
 }
 
+/// `submit` returns once the batch is enqueued, not when the brokers acknowledge it: two batches
+/// are in flight at once against a broker that does not answer, and both settle once it does.
+#[tokio::test]
+async fn submitted_batches_wait_in_flight_for_the_brokers_acknowledgement() {
+    let broker = Broker::start(free_port());
+    let mut sink = KafkaSink::connect(config(broker.brokers(), "overlap"))
+        .await
+        .unwrap();
+    assert_eq!(sink.max_in_flight(), 4, "the default batches_in_flight");
+    let first: Vec<_> = (0..50).map(|i| exchange(i, None, 100)).collect();
+    let second: Vec<_> = (50..100).map(|i| exchange(i, None, 100)).collect();
+    broker.answer(false);
+    let step = Duration::from_secs(5);
+    let mut a = tokio::time::timeout(step, sink.submit(&first))
+        .await
+        .expect("submit returns without the brokers")
+        .unwrap();
+    let mut b = tokio::time::timeout(step, sink.submit(&second))
+        .await
+        .expect("a second submit returns while the first is in flight")
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut a)
+            .await
+            .is_err(),
+        "a batch settled although the broker does not answer"
+    );
+    broker.answer(true);
+    tokio::time::timeout(WAIT, &mut a).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, &mut b).await.unwrap().unwrap();
+    let got = read_back(broker.brokers(), "overlap".into(), 100).await;
+    let want: BTreeSet<String> = first.iter().chain(&second).map(|e| e.id.clone()).collect();
+    assert_eq!(ids(&got), want);
+}
+
 /// How the broker goes away in [`outage`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Outage {
