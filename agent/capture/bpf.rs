@@ -126,7 +126,7 @@ pub fn tcp_ports(ports: &[u16]) -> Result<Vec<Insn>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::packet::build::{frame, frame_v6, Tcp};
+    use crate::capture::packet::build::{frame, frame_v6, udp_frame, Tcp};
 
     /// Runs a program on a frame: the number of bytes accepted (0 = dropped). Only the opcodes
     /// `tcp_ports` emits; an out-of-bounds load drops the frame, as in the kernel.
@@ -206,14 +206,7 @@ mod tests {
     fn without_ports_all_tcp_passes_and_nothing_else() {
         let prog = tcp_ports(&[]).unwrap();
         assert_eq!(run(&prog, &tcp(1, 2)), SNAPLEN);
-        let udp = {
-            let b = etherparse::PacketBuilder::ethernet2([0; 6], [0; 6])
-                .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 1)
-                .udp(1, 2);
-            let mut out = Vec::new();
-            b.write(&mut out, b"x").unwrap();
-            out
-        };
+        let udp = udp_frame();
         assert_eq!(run(&prog, &udp), 0);
         let mut arp = vec![0u8; 12];
         arp.extend_from_slice(&[0x08, 0x06]);

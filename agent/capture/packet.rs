@@ -112,6 +112,16 @@ pub(crate) mod build {
         out
     }
 
+    /// An Ethernet/IPv4/UDP frame carrying `x`: traffic every capture path must skip.
+    pub fn udp_frame() -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([0; 6], [0; 6])
+            .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 1)
+            .udp(1, 2);
+        let mut out = Vec::with_capacity(b.size(1));
+        b.write(&mut out, b"x").unwrap();
+        out
+    }
+
     pub fn frame_v6(
         src: ([u8; 16], u16),
         dst: ([u8; 16], u16),
@@ -180,14 +190,7 @@ mod tests {
         arp.extend_from_slice(&[0x08, 0x06]);
         arp.extend_from_slice(&[0; 28]);
         assert!(parse(&arp, 0).is_err());
-        let udp = {
-            let b = etherparse::PacketBuilder::ethernet2([0; 6], [0; 6])
-                .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 1)
-                .udp(1, 2);
-            let mut out = Vec::new();
-            b.write(&mut out, b"x").unwrap();
-            out
-        };
+        let udp = udp_frame();
         assert_eq!(parse(&udp, 0), Err(Skip::NotTcp));
     }
 }
