@@ -14,6 +14,7 @@
 //!   start of a JWT (`eyJ` and 4 or more base64url characters).
 
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use regex::bytes::Regex;
 use serde_json::Value;
@@ -223,7 +224,9 @@ impl BodyRules {
         // Most bodies hold none of the names: skip the parse and the queries (the expensive part
         // of redaction, see docs/benchmarks.md). A member name can only be spelled otherwise
         // with `\u` escapes, so a body with any is always queried.
-        let escaped = memchr::memmem::find(&d.body, b"\\u").is_some();
+        static ESCAPE: LazyLock<memchr::memmem::Finder<'static>> =
+            LazyLock::new(|| memchr::memmem::Finder::new(b"\\u"));
+        let escaped = ESCAPE.find(&d.body).is_some();
         let rules: Vec<&JsonRule> = self
             .json
             .iter()
