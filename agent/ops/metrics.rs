@@ -360,7 +360,10 @@ impl Metrics {
 
     /// Sets how many pods are held for enrichment: live, and deleted but within the grace period.
     pub fn kubernetes_pods(&self, live: usize, deleted: usize) {
-        for (state, n) in [("live", live), ("deleted", deleted)] {
+        // `deleted` first: a scrape between the two updates may count a pod that was just
+        // deleted twice, never zero times (it used to see it neither live nor deleted, which
+        // looked like the grace period had already ended).
+        for (state, n) in [("deleted", deleted), ("live", live)] {
             self.kubernetes_pods
                 .get_or_create(&[("state", state)])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
