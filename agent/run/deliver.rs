@@ -140,7 +140,7 @@ pub async fn deliver<S: Sink>(
                         break;
                     }
                 }
-                if !d.acknowledge(&oldest) {
+                if !d.acknowledge(oldest) {
                     break;
                 }
             }
@@ -227,7 +227,7 @@ impl<S: Sink> Deliverer<S> {
     }
 
     /// Reports `done` as delivered to the metrics and the reader; `false` when the reader is gone.
-    fn acknowledge(&mut self, done: &InFlight) -> bool {
+    fn acknowledge(&mut self, done: InFlight) -> bool {
         let name = self.name;
         let records = done.batch.exchanges.len() as u64;
         self.metrics
@@ -242,7 +242,8 @@ impl<S: Sink> Deliverer<S> {
         self.ops.set_not_ready_reason(None);
         let ack = Ack {
             seq: done.batch.seq,
-            sink_position: done.sink_position.clone(),
+            sink_position: done.sink_position,
+            exchanges: done.batch.exchanges,
         };
         self.acks.send(ack).is_ok()
     }
@@ -481,6 +482,15 @@ mod tests {
         s1.send(Ok(())).unwrap();
         s0.send(Ok(())).unwrap();
         (&mut h.task).await.unwrap();
-        assert_eq!(h.acks.try_iter().map(|a| a.seq).collect::<Vec<_>>(), [0, 1]);
+        // Each acknowledgement hands its batch's exchanges back, for the reader to free.
+        let acks: Vec<(u64, Vec<String>)> = h
+            .acks
+            .try_iter()
+            .map(|a| (a.seq, a.exchanges.into_iter().map(|e| e.id).collect()))
+            .collect();
+        assert_eq!(
+            acks,
+            [(0, vec!["b0".to_string()]), (1, vec!["b1".to_string()])]
+        );
     }
 }

@@ -36,6 +36,11 @@ pub struct Ack {
     pub seq: u64,
     /// The file sink's position after the batch, saved with the checkpoint.
     pub sink_position: Option<crate::sink::FilePosition>,
+    /// The batch's exchanges, handed back so that the reader thread, which allocated them, frees
+    /// them. Freed on the sink's thread, their memory went back to the reader's glibc arena under
+    /// its lock, while the reader was allocating from it: with a Kafka backlog both threads spent
+    /// thousands of futex waits a second on that lock (docs/benchmarks.md, 2026-12-07).
+    pub exchanges: Vec<Exchange>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -187,6 +187,9 @@ impl Reader {
         let mut last_expire = Instant::now();
         let mut woke = false;
         while !self.stop.load(Ordering::SeqCst) {
+            // Before reading: the exchanges acknowledged while this thread paused are freed
+            // before the next ones are allocated, so that the two are not held at once.
+            self.process_acks();
             if woke || last_scan.is_none_or(|t| t.elapsed() >= self.poll_interval) {
                 self.scan();
                 last_scan = Some(Instant::now());
@@ -507,6 +510,8 @@ impl Reader {
                 let (_, checkpoint, read) = self.waiting.take().expect("present");
                 self.save(checkpoint, read);
             }
+            // The delivered exchanges are freed here, on the thread that allocated them.
+            drop(ack.exchanges);
         }
     }
 
