@@ -223,6 +223,15 @@ impl LogStream {
             .flush(&mut |msg| assembler.push(ctx.for_msg(msg), msg, out));
     }
 
+    /// Lines of this stream were lost before they were read (the tail reported a file deleted or
+    /// truncated unread). The message being joined ends here, so that lines after the gap are
+    /// not joined to it, and the exchanges open now are flagged where the format cannot tell
+    /// what they lost ([`Assembler::lines_lost`]).
+    pub fn lines_lost(&mut self, out: &mut dyn FnMut(Exchange)) {
+        self.flush_messages(out);
+        self.assembler.lines_lost();
+    }
+
     /// Exchanges waiting for their end.
     pub fn pending_len(&self) -> usize {
         self.assembler.pending_len()
@@ -523,6 +532,59 @@ mod tests {
         assert!(!evicted[0].complete);
         assert!(evicted[0].warnings.contains(&"node cap".to_string()));
         assert_eq!(stream.stats().2.evicted, 1);
+    }
+
+    /// Regression (agent model, seed 0x18eedd91ac8463d9): a v1 request's `started` was read, its
+    /// header block was in a rotated file kubelet deleted unread, and the exchange's response
+    /// followed in the next file. The request opened without headers, the bodiless response
+    /// ended the exchange, and it came out complete, unflagged, naming no path.
+    #[test]
+    fn v1_exchange_open_across_lost_lines_is_flagged_not_complete() {
+        let line = |thread: u32, text: &str| {
+            format!("2026-11-25T08:47:45.000000001Z stderr F [2026-11-25 08:47:45.772][{thread}][warning][lua] [lua.cc:31] script log: {text}\n")
+        };
+        let before = line(31, "[logPayload] started");
+        let mut after = String::new();
+        for text in [
+            "[envoy_on_response] find productpage",
+            "[envoy_on_request] meta logPayload found",
+            "[logPayload] started",
+        ] {
+            after.push_str(&line(31, text));
+        }
+        after.push_str(&line(31, "[logPayload:headers] --> "));
+        after.push_str("2026-11-25T08:47:45.000000001Z stderr F :status:204,\n");
+        let data = format!("{before}{after}").into_bytes();
+        let parse = |lost: bool| {
+            let mut stream = LogStream::new(&Settings::default(), None);
+            let mut got = Vec::new();
+            stream.start_file(
+                Path::new("/l/ns_pod_uid/istio-proxy/0.log"),
+                None,
+                &mut |_| {},
+            );
+            run(&mut stream, &data, 0, before.len(), &mut got);
+            if lost {
+                stream.lines_lost(&mut |ex| got.push(serde_json::to_string(&ex).unwrap()));
+            }
+            run(&mut stream, &data, before.len(), data.len(), &mut got);
+            stream.finish(&mut |ex| got.push(serde_json::to_string(&ex).unwrap()));
+            assert_eq!(got.len(), 1, "{got:?}");
+            serde_json::from_str::<serde_json::Value>(&got[0]).unwrap()
+        };
+        // Without a gap this reads as a request logged without headers: complete.
+        let whole = parse(false);
+        assert_eq!(whole["complete"], true);
+        let flagged = parse(true);
+        assert_eq!(flagged["complete"], false);
+        assert!(
+            flagged["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w.as_str().unwrap().contains("log lines were lost")),
+            "{flagged}"
+        );
     }
 
     #[test]

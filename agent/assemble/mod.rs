@@ -195,6 +195,13 @@ impl Assembler {
         self.stats.evicted = self.v1.evicted + self.v2.evicted;
     }
 
+    /// Log lines were lost before they were read. v2 exchanges need nothing: their events carry a
+    /// stream id and a sequence number, so a missing event shows. v1 exchanges open now are
+    /// flagged ([`v1::Assembler::lines_lost`]).
+    pub fn lines_lost(&mut self) {
+        self.v1.lines_lost();
+    }
+
     /// End of input: every pending exchange is emitted, marked incomplete.
     pub fn finish(&mut self, out: &mut dyn FnMut(Exchange)) {
         let stats = &mut self.stats;

@@ -35,6 +35,9 @@ struct StartInfo {
     time: String,
     end: u64,
     response_hint: bool,
+    /// Log lines were lost after this `started` (see [`Assembler::lines_lost`]).
+    #[serde(default)]
+    gap: bool,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -60,6 +63,9 @@ struct Pending {
     failed: bool,
     /// A body's raw bytes may have been changed by the runtime or the JSON layout.
     altered_body: bool,
+    /// Log lines were lost while the exchange was open: it is never complete.
+    #[serde(default)]
+    gap: bool,
 }
 
 /// The v1 assembler's whole state is serializable: the agent's checkpoint holds it, so an
@@ -150,6 +156,7 @@ impl Assembler {
                     time: msg.time.to_string(),
                     end: msg.end,
                     response_hint: st.meta_found || awaiting,
+                    gap: false,
                 });
                 st.meta_found = false;
             }
@@ -229,6 +236,7 @@ impl Assembler {
         out: &mut dyn FnMut(Exchange),
     ) {
         let mut contended = false;
+        let gap = start.gap;
         let key = if response {
             contended |= st.awaiting.len() > 1;
             match st.awaiting.pop_front() {
@@ -251,6 +259,9 @@ impl Assembler {
         let no_body = headers
             .as_ref()
             .is_some_and(|h| headers_say_no_body(h, response));
+        if gap {
+            self.mark_gap(key);
+        }
         let mut dir = Direction {
             headers,
             start_time: Some(rfc3339_from_log_time(&start.time)),
@@ -310,9 +321,41 @@ impl Assembler {
                 uncertain: false,
                 failed: false,
                 altered_body: false,
+                gap: false,
             },
         );
         key
+    }
+
+    /// Log lines were lost (a file deleted or truncated before meshtap read it): every exchange
+    /// open now may miss events, and since the format names no stream, the events after the gap
+    /// may be paired with the wrong one (a `started` whose headers were lost opens a direction
+    /// without headers, which then ends as if it had none). Each open exchange, and each
+    /// `started` not yet resolved, is flagged and will not be complete. The threads' states
+    /// are kept: they are still the best guess for what follows.
+    pub fn lines_lost(&mut self) {
+        let keys: Vec<u64> = self.exchanges.keys().copied().collect();
+        for key in keys {
+            self.mark_gap(key);
+        }
+        for st in self.threads.values_mut() {
+            if let Some(start) = &mut st.start {
+                start.gap = true;
+            }
+        }
+    }
+
+    fn mark_gap(&mut self, key: u64) {
+        if let Some(p) = self.exchanges.get_mut(&key) {
+            if !p.gap {
+                p.gap = true;
+                p.exchange.warn(
+                    "lua-v1: log lines were lost while this exchange was open (a log file was \
+                     deleted or truncated before meshtap read it): parts of it may be missing, \
+                     and since the v1 format names no stream, others may belong to another exchange",
+                );
+            }
+        }
     }
 
     fn mark_uncertain(&mut self, key: u64, thread: Option<u64>) {
@@ -570,7 +613,7 @@ fn finish(mut p: Pending) -> Exchange {
         ));
     }
     let ended = |d: &Option<Direction>| d.as_ref().is_some_and(|d| d.ended);
-    ex.complete = ended(&ex.request) && ended(&ex.response) && !p.failed;
+    ex.complete = ended(&ex.request) && ended(&ex.response) && !p.failed && !p.gap;
     if ex.request.is_none() {
         ex.warn("the request was not logged");
     }

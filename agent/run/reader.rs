@@ -398,6 +398,7 @@ impl Reader {
                 } => {
                     tracing::warn!(path = %path.display(), ?bytes, reason, "Log data was lost before meshtap could read it.");
                     metrics.skipped("lost_log_data", 1);
+                    stream.lines_lost(&mut out);
                 }
             });
             match result {
