@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The Envoy cost of capture filters: one front Envoy (1 worker) proxies POSTs with 1 KiB bodies to
 # an upstream Envoy that answers 200 with a 1 KiB body, driven by wrk over keep-alive connections.
-# The front Envoy runs with no filter, with meshtap's v2 Lua filter, and with each of the seed's
-# two filters (deploy/legacy), logging to a file as a sidecar logs to its container log.
+# The front Envoy runs with no filter, with meshtap's v2 Lua filter, with each of the seed's
+# two filters (deploy/legacy), and with two reference filters that bound what any Lua payload
+# logger can cost (benches/envoy: `floor` only walks both bodies, `minimal-logger` logs each body
+# as one base64 line and nothing else), logging to a file as a sidecar logs to its container log.
 # Prints requests/s (wrk) and the front Envoy's CPU per request, best of MESHTAP_BENCH_ROUNDS
 # rounds (default 3) of MESHTAP_BENCH_SECONDS seconds (default 8); each round runs every variant
 # in turn. MESHTAP_BENCH_ONLY="v2 ..." limits the variants; MESHTAP_BENCH_VERBOSE=1 prints every
@@ -124,6 +126,7 @@ wait_port "$up_port"
 lua_of deploy/envoyfilter-lua-v2.yaml "$WORK/v2.lua"
 lua_of deploy/legacy/envoyfilter-logpayload-body.yaml "$WORK/seed-body.lua"
 lua_of deploy/legacy/envoyfilter-logpayload-headers.yaml "$WORK/seed-headers.lua"
+cp benches/envoy/floor.lua benches/envoy/minimal-logger.lua "$WORK/"
 head -c 1024 /dev/zero | tr '\0' 'a' > "$WORK/body"
 cat > "$WORK/post.lua" <<LUA
 wrk.method = "POST"
@@ -133,7 +136,7 @@ LUA
 
 echo "== machine: $(nproc) cores, $(uname -r); Envoy $("$ENVOY" --version | grep -o '[0-9]\+\.[0-9]\+\.[0-9]\+' | head -1); wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s, $([ -n "$CALLGRIND" ] && echo "under callgrind, median" || echo best) of $ROUNDS"
 # MESHTAP_BENCH_EXTRA="name=file.lua ..." measures other Lua filters too (for experiments).
-variants=(none v2 seed-body seed-headers)
+variants=(none v2 seed-body seed-headers floor minimal-logger)
 for extra in ${MESHTAP_BENCH_EXTRA:-}; do
   cp "${extra#*=}" "$WORK/${extra%%=*}.lua"; variants+=("${extra%%=*}")
 done
@@ -210,9 +213,15 @@ for variant in "${variants[@]}"; do
   printf "envoy_%s: %d requests/s, front Envoy CPU %s us/request, %d [logPayload] log lines\n" \
     "$variant" "${best_rps[$variant]}" "${best_us[$variant]}" "$lines"
 done
-if [ -z "$CALLGRIND" ] && [ -n "${best_rps[none]:-}" ] && [ -n "${best_rps[v2]:-}" ] && [ -n "${best_rps[seed-body]:-}" ] && [ -n "${best_rps[seed-headers]:-}" ]; then
-  awk -v n="${best_rps[none]}" -v v2="${best_rps[v2]}" -v b="${best_rps[seed-body]}" -v h="${best_rps[seed-headers]:-0}" 'BEGIN {
-  printf "envoy_v2_vs_none: %.0f%% of the throughput with no filter (target 80%%); seed body filter %.0f%%, seed headers filter %.0f%%\n", 100*v2/n, 100*b/n, 100*h/n }'
+if [ -z "$CALLGRIND" ] && [ -n "${best_rps[none]:-}" ] && [ -n "${best_rps[v2]:-}" ]; then
+  # Each other variant's share too, where it ran (MESHTAP_BENCH_ONLY may leave some out).
+  others=""
+  for variant in seed-body seed-headers floor minimal-logger; do
+    [ -n "${best_rps[$variant]:-}" ] || continue
+    others+="$(awk -v n="${best_rps[none]}" -v r="${best_rps[$variant]}" -v name="$variant" 'BEGIN { printf ", %s %.0f%%", name, 100*r/n }')"
+  done
+  awk -v n="${best_rps[none]}" -v v2="${best_rps[v2]}" -v others="$others" 'BEGIN {
+  printf "envoy_v2_vs_none: %.0f%% of the throughput with no filter (target 80%%)%s\n", 100*v2/n, others }'
 fi
 # Connections the upstream accepted, against the requests it served: about one per wrk
 # connection and front Envoy, not one per request (see the buffer filter above).
