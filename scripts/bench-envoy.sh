@@ -4,7 +4,9 @@
 # The front Envoy runs with no filter, with meshtap's v2 Lua filter, with each of the seed's
 # two filters (deploy/legacy), and with two reference filters that bound what any Lua payload
 # logger can cost (benches/envoy: `floor` only walks both bodies, `minimal-logger` logs each body
-# as one base64 line and nothing else), logging to a file as a sidecar logs to its container log.
+# as one base64 line and nothing else), logging to a file as a sidecar logs to its container log;
+# and with Envoy's tap filter (C++, deploy/envoyfilter-tap.yaml) while an admin tap session takes
+# every request's trace (meshtap's tap source), written to a file by curl.
 # Prints requests/s (wrk) and the front Envoy's CPU per request, best of MESHTAP_BENCH_ROUNDS
 # rounds (default 3) of MESHTAP_BENCH_SECONDS seconds (default 8); each round runs every variant
 # in turn. MESHTAP_BENCH_ONLY="v2 ..." limits the variants; MESHTAP_BENCH_VERBOSE=1 prints every
@@ -75,7 +77,14 @@ if mode == "direct":
 else:
     route = {"match": {"prefix": "/"}, "route": {"cluster": "app"}}
     filters = [router]
-    if mode:
+    if mode == "tap":
+        # As deploy/envoyfilter-tap.yaml configures it: captures only while an admin /tap
+        # session is attached.
+        filters.insert(0, {"name": "envoy.filters.http.tap", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.tap.v3.Tap",
+            "common_config": {"admin_config": {"config_id": "meshtap"}},
+            "record_headers_received_time": True}})
+    elif mode:
         filters.insert(0, {"name": "envoy.filters.http.lua", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
             "default_source_code": {"inline_string": open(mode).read()}}})
@@ -136,7 +145,7 @@ LUA
 
 echo "== machine: $(nproc) cores, $(uname -r); Envoy $("$ENVOY" --version | grep -o '[0-9]\+\.[0-9]\+\.[0-9]\+' | head -1); wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s, $([ -n "$CALLGRIND" ] && echo "under callgrind, median" || echo best) of $ROUNDS"
 # MESHTAP_BENCH_EXTRA="name=file.lua ..." measures other Lua filters too (for experiments).
-variants=(none v2 seed-body seed-headers floor minimal-logger)
+variants=(none v2 seed-body seed-headers floor minimal-logger tap)
 for extra in ${MESHTAP_BENCH_EXTRA:-}; do
   cp "${extra#*=}" "$WORK/${extra%%=*}.lua"; variants+=("${extra%%=*}")
 done
@@ -148,6 +157,7 @@ declare -A best_rps best_us front_pid front_port instructions dumps
 for variant in "${variants[@]}"; do
   [ -n "${front_pid[$variant]:-}" ] && continue
   lua=""; [ "$variant" != none ] && lua="$WORK/$variant.lua"
+  [ "$variant" = tap ] && lua=tap
   port=$(free_port); admin=$(free_port)
   write_config "$WORK/front-$variant.json" "$port" "$admin" "$lua" "$up_port"
   if [ -n "$CALLGRIND" ]; then
@@ -159,8 +169,22 @@ for variant in "${variants[@]}"; do
   fi
   front_pid[$variant]=$started; front_port[$variant]=$port
   wait_port "$port"
+  if [ "$variant" = tap ]; then
+    # An admin tap session as `meshtap tap` opens it (every request, 64 KiB of each body), its
+    # traces written to a file by curl, a consumer cheaper than the agent (which does not run
+    # for the Lua variants either).
+    wait_port "$admin"
+    printf '%s' '{"config_id": "meshtap", "tap_config": {"match": {"any_match": true}, "output_config": {"sinks": [{"format": "JSON_BODY_AS_BYTES", "streaming_admin": {}}], "max_buffered_rx_bytes": 65536, "max_buffered_tx_bytes": 65536}}}' >"$WORK/tap.json"
+    curl -sN -X POST --data-binary @"$WORK/tap.json" "http://127.0.0.1:$admin/tap" -o "$WORK/tap-traces.json" &
+    pids+=($!)
+  fi
   # Warm up (Lua states, connections).
   wrk -t1 -c"$CONNECTIONS" -d1s -s "$WORK/post.lua" "http://127.0.0.1:$port/productpage/api" >/dev/null
+  if [ "$variant" = tap ]; then
+    # The session is attached once traces arrive; the warm-up's requests are traced.
+    for _ in $(seq 1 500); do [ -s "$WORK/tap-traces.json" ] && break; sleep 0.01; done
+    [ -s "$WORK/tap-traces.json" ] || { echo "the admin tap session traced nothing" >&2; exit 1; }
+  fi
   best_rps[$variant]=0; best_us[$variant]=999999
 done
 order=("${variants[@]}")
@@ -204,19 +228,24 @@ for variant in "${variants[@]}"; do
   kill "$pid"; wait "$pid" 2>/dev/null || true
   lines=$(grep -c logPayload "$WORK/front-$variant.log" || true)
   rm -f "$WORK/front-$variant.log"
+  what="[logPayload] log lines"
+  if [ "$variant" = tap ]; then
+    lines=$(grep -o '"http_buffered_trace"' "$WORK/tap-traces.json" | wc -l)
+    what="traces on the admin tap stream"
+  fi
   if [ -n "$CALLGRIND" ]; then
     median=$(echo "${instructions[$variant]}" | tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
-    printf "envoy_%s: front Envoy %s user-space instructions/request (median of %d rounds), %d [logPayload] log lines\n" \
-      "$variant" "$median" "$ROUNDS" "$lines"
+    printf "envoy_%s: front Envoy %s user-space instructions/request (median of %d rounds), %d %s\n" \
+      "$variant" "$median" "$ROUNDS" "$lines" "$what"
     continue
   fi
-  printf "envoy_%s: %d requests/s, front Envoy CPU %s us/request, %d [logPayload] log lines\n" \
-    "$variant" "${best_rps[$variant]}" "${best_us[$variant]}" "$lines"
+  printf "envoy_%s: %d requests/s, front Envoy CPU %s us/request, %d %s\n" \
+    "$variant" "${best_rps[$variant]}" "${best_us[$variant]}" "$lines" "$what"
 done
 if [ -z "$CALLGRIND" ] && [ -n "${best_rps[none]:-}" ] && [ -n "${best_rps[v2]:-}" ]; then
   # Each other variant's share too, where it ran (MESHTAP_BENCH_ONLY may leave some out).
   others=""
-  for variant in seed-body seed-headers floor minimal-logger; do
+  for variant in seed-body seed-headers floor minimal-logger tap; do
     [ -n "${best_rps[$variant]:-}" ] || continue
     others+="$(awk -v n="${best_rps[none]}" -v r="${best_rps[$variant]}" -v name="$variant" 'BEGIN { printf ", %s %.0f%%", name, 100*r/n }')"
   done
