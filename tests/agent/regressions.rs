@@ -239,6 +239,63 @@ fn v1_response_cut_before_its_body_is_not_complete() {
     );
 }
 
+/// A v1 request's `started` is read and checkpointed; its header block goes with a file that is
+/// deleted while the agent is down; the response follows in a new file. The agent reports the
+/// lost data (`lost_log_data`), and the exchange open across the gap must say so: it was emitted
+/// complete, with no warning and no path (agent model, seed 0x18eedd91ac8463d9).
+#[test]
+fn v1_exchange_open_across_a_file_deleted_unread_is_flagged() {
+    let dir = tempfile::Builder::new()
+        .prefix("meshtap-agent-v1-gap-")
+        .tempdir()
+        .unwrap();
+    let mut setup = Setup::new(dir.path());
+    let live = pod_log(&setup.root, "productpage-v1-6b746f74dc-9stvs");
+    let before = lua_line(100, 31, "[logPayload] started");
+    fs::write(&live, &before).unwrap();
+    let agent = Agent::start(&mut setup);
+    let read = wait_for(Duration::from_secs(30), || {
+        let text = agent.metrics()?;
+        (metric(&text, "meshtap_log_bytes_read_total")? >= before.len() as f64).then_some(())
+    });
+    assert!(read.is_some(), "the agent did not read the log");
+    let status = agent.terminate().unwrap();
+    assert!(status.success(), "SIGTERM: {status}");
+
+    // While the agent is down, the file (and the request's headers written to it) goes away.
+    fs::remove_file(&live).unwrap();
+    let mut after = String::new();
+    for (i, text) in [
+        "[envoy_on_response] find productpage",
+        "[envoy_on_request] meta logPayload found",
+        "[logPayload] started",
+        "[logPayload:headers] --> ",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        after.push_str(&lua_line(200 + i as u32, 31, text));
+    }
+    after.push_str("2026-11-25T08:47:45.203000002Z stderr F :status:204,\n");
+    fs::write(&live, &after).unwrap();
+
+    let agent = Agent::start(&mut setup);
+    let records = wait_records(&setup, 1);
+    let status = agent.terminate().unwrap();
+    assert!(status.success(), "SIGTERM: {status}");
+    assert_eq!(records.len(), 1, "records: {records:?}");
+    let record = &records[0];
+    assert_eq!(record["complete"], false, "{record}");
+    assert!(
+        record["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w
+                .as_str()
+                .is_some_and(|w| w.contains("log lines were lost")))),
+        "{record}"
+    );
+}
+
 /// Exchanges `range` as CRI lines (five per exchange), Envoy milliseconds counted from `*ms`.
 fn exchanges(range: std::ops::RangeInclusive<u32>, ms: &mut u32) -> String {
     let mut out = String::new();
