@@ -170,11 +170,12 @@ for variant in "${variants[@]}"; do
   front_pid[$variant]=$started; front_port[$variant]=$port
   wait_port "$port"
   if [ "$variant" = tap ]; then
-    # An admin tap session as `meshtap tap` opens it (every request, 64 KiB of each body), its
-    # traces written to a file by curl, a consumer cheaper than the agent (which does not run
-    # for the Lua variants either).
+    # The admin tap request `meshtap tap` sends with no rules and its defaults (every request,
+    # up to 1 MiB of each body: agent/tap/config.rs, TapRequest::to_json), its traces written
+    # to a file by curl, a consumer cheaper than the agent (which does not run for the Lua
+    # variants either).
     wait_port "$admin"
-    printf '%s' '{"config_id": "meshtap", "tap_config": {"match": {"any_match": true}, "output_config": {"sinks": [{"format": "JSON_BODY_AS_BYTES", "streaming_admin": {}}], "max_buffered_rx_bytes": 65536, "max_buffered_tx_bytes": 65536}}}' >"$WORK/tap.json"
+    printf '%s' '{"config_id": "meshtap", "tap_config": {"match": {"any_match": true}, "output_config": {"sinks": [{"format": "JSON_BODY_AS_BYTES", "streaming_admin": {}}], "max_buffered_rx_bytes": 1048576, "max_buffered_tx_bytes": 1048576}}}' >"$WORK/tap.json"
     curl -sN -X POST --data-binary @"$WORK/tap.json" "http://127.0.0.1:$admin/tap" -o "$WORK/tap-traces.json" &
     pids+=($!)
   fi
