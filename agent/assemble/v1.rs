@@ -68,6 +68,20 @@ struct Pending {
     gap: bool,
 }
 
+impl Pending {
+    /// Log lines were lost while the exchange was open: warned once, never complete.
+    fn flag_gap(&mut self) {
+        if !self.gap {
+            self.gap = true;
+            self.exchange.warn(
+                "lua-v1: log lines were lost while this exchange was open (a log file was \
+                 deleted or truncated before meshtap read it): parts of it may be missing, \
+                 and since the v1 format names no stream, others may belong to another exchange",
+            );
+        }
+    }
+}
+
 /// The v1 assembler's whole state is serializable: the agent's checkpoint holds it, so an
 /// exchange that spans a checkpoint is neither lost nor emitted twice after a restart.
 #[derive(Serialize, Deserialize)]
@@ -260,7 +274,9 @@ impl Assembler {
             .as_ref()
             .is_some_and(|h| headers_say_no_body(h, response));
         if gap {
-            self.mark_gap(key);
+            if let Some(p) = self.exchanges.get_mut(&key) {
+                p.flag_gap();
+            }
         }
         let mut dir = Direction {
             headers,
@@ -334,26 +350,12 @@ impl Assembler {
     /// `started` not yet resolved, is flagged and will not be complete. The threads' states
     /// are kept: they are still the best guess for what follows.
     pub fn lines_lost(&mut self) {
-        let keys: Vec<u64> = self.exchanges.keys().copied().collect();
-        for key in keys {
-            self.mark_gap(key);
+        for p in self.exchanges.values_mut() {
+            p.flag_gap();
         }
         for st in self.threads.values_mut() {
             if let Some(start) = &mut st.start {
                 start.gap = true;
-            }
-        }
-    }
-
-    fn mark_gap(&mut self, key: u64) {
-        if let Some(p) = self.exchanges.get_mut(&key) {
-            if !p.gap {
-                p.gap = true;
-                p.exchange.warn(
-                    "lua-v1: log lines were lost while this exchange was open (a log file was \
-                     deleted or truncated before meshtap read it): parts of it may be missing, \
-                     and since the v1 format names no stream, others may belong to another exchange",
-                );
             }
         }
     }
