@@ -54,6 +54,29 @@ fn wait_records(setup: &Setup, n: usize) -> Vec<Value> {
     })
 }
 
+/// Stops `agent` with SIGTERM, which must end it cleanly.
+fn stop(agent: Agent) {
+    let status = agent.terminate().unwrap();
+    assert!(status.success(), "SIGTERM: {status}");
+}
+
+/// Starts the agent, waits until the sink holds `n` records, stops it: the sink's records.
+fn run_until_records(setup: &mut Setup, n: usize) -> Vec<Value> {
+    let agent = Agent::start(setup);
+    let records = wait_records(setup, n);
+    stop(agent);
+    records
+}
+
+/// Waits until `agent` has read `bytes` bytes of log.
+fn wait_read(agent: &Agent, bytes: usize) {
+    let read = wait_for(Duration::from_secs(30), || {
+        let text = agent.metrics()?;
+        (metric(&text, "meshtap_log_bytes_read_total")? >= bytes as f64).then_some(())
+    });
+    assert!(read.is_some(), "the agent did not read the log");
+}
+
 /// An exchange whose first event is the last line of a rotated file keeps the identity of that
 /// file: `log.file` names it and the id hashes its fingerprint. Here the rotated file holds only
 /// exchange 1's `rq` line, and the live file starts with exchange 2's `rq` (offset 0 too).
@@ -79,10 +102,7 @@ fn exchange_starting_at_the_end_of_a_rotated_file_keeps_its_file_identity() {
     }
     fs::write(&live, rest).unwrap();
 
-    let agent = Agent::start(&mut setup);
-    let records = wait_records(&setup, 2);
-    let status = agent.terminate().unwrap();
-    assert!(status.success(), "SIGTERM: {status}");
+    let records = run_until_records(&mut setup, 2);
     let by_path = |p: &str| {
         records
             .iter()
@@ -117,8 +137,7 @@ fn agent_crash_before_its_first_checkpoint_leaves_no_duplicates() {
 fn agent_crash_after_a_checkpoint_of_nothing_leaves_no_duplicates() {
     crash_before_a_positioned_checkpoint(|setup| {
         let agent = Agent::start(setup);
-        let status = agent.terminate().unwrap();
-        assert!(status.success(), "SIGTERM: {status}");
+        stop(agent);
         assert!(setup.checkpoint().is_some(), "checkpoint after SIGTERM");
     });
 }
@@ -155,8 +174,7 @@ fn crash_before_a_positioned_checkpoint(prepare: impl FnOnce(&mut Setup)) {
         let text = agent.metrics()?;
         (metric(&text, series)? >= f64::from(N)).then_some(())
     });
-    let status = agent.terminate().unwrap();
-    assert!(status.success(), "SIGTERM: {status}");
+    stop(agent);
     let sink = setup.sink();
     assert_eq!(
         sink.raw_duplicates(),
@@ -215,16 +233,11 @@ fn v1_response_cut_before_its_body_is_not_complete() {
     fs::write(&live, &log).unwrap();
 
     let agent = Agent::start(&mut setup);
-    let read = wait_for(Duration::from_secs(30), || {
-        let text = agent.metrics()?;
-        (metric(&text, "meshtap_log_bytes_read_total")? >= log.len() as f64).then_some(())
-    });
-    assert!(read.is_some(), "the agent did not read the log");
+    wait_read(&agent, log.len());
     // The pod goes away: the stream ends, what is pending is emitted.
     fs::remove_dir_all(&pod_dir).unwrap();
     let records = wait_records(&setup, 1);
-    let status = agent.terminate().unwrap();
-    assert!(status.success(), "SIGTERM: {status}");
+    stop(agent);
     assert_eq!(records.len(), 1, "records: {records:?}");
     let record = &records[0];
     let response = &record["response"];
@@ -254,13 +267,8 @@ fn v1_exchange_open_across_a_file_deleted_unread_is_flagged() {
     let before = lua_line(100, 31, "[logPayload] started");
     fs::write(&live, &before).unwrap();
     let agent = Agent::start(&mut setup);
-    let read = wait_for(Duration::from_secs(30), || {
-        let text = agent.metrics()?;
-        (metric(&text, "meshtap_log_bytes_read_total")? >= before.len() as f64).then_some(())
-    });
-    assert!(read.is_some(), "the agent did not read the log");
-    let status = agent.terminate().unwrap();
-    assert!(status.success(), "SIGTERM: {status}");
+    wait_read(&agent, before.len());
+    stop(agent);
 
     // While the agent is down, the file (and the request's headers written to it) goes away.
     fs::remove_file(&live).unwrap();
@@ -279,10 +287,7 @@ fn v1_exchange_open_across_a_file_deleted_unread_is_flagged() {
     after.push_str("2026-11-25T08:47:45.203000002Z stderr F :status:204,\n");
     fs::write(&live, &after).unwrap();
 
-    let agent = Agent::start(&mut setup);
-    let records = wait_records(&setup, 1);
-    let status = agent.terminate().unwrap();
-    assert!(status.success(), "SIGTERM: {status}");
+    let records = run_until_records(&mut setup, 1);
     assert_eq!(records.len(), 1, "records: {records:?}");
     let record = &records[0];
     assert_eq!(record["complete"], false, "{record}");
@@ -346,10 +351,7 @@ fn checkpointed_file_compressed_during_the_restart_is_resumed_not_lost() {
     fs::write(&live, exchanges(OLDER + 1..=OLDER + 5, &mut ms)).unwrap();
 
     // The agent reads all of it and stops: its checkpoint is in `0.log`.
-    let agent = Agent::start(&mut setup);
-    wait_records(&setup, OLDER as usize + 5);
-    let status = agent.terminate().unwrap();
-    assert!(status.success(), "SIGTERM: {status}");
+    run_until_records(&mut setup, OLDER as usize + 5);
 
     // While it is down, kubelet rotates `0.log`, and the runtime writes on.
     let checkpointed = logs.join("0.log.20261125-080000");
@@ -384,8 +386,7 @@ fn checkpointed_file_compressed_during_the_restart_is_resumed_not_lost() {
             .any(|r| r["request"]["path"] == last.as_str())
             .then_some(())
     });
-    let status = agent.terminate().unwrap();
-    assert!(status.success(), "SIGTERM: {status}");
+    stop(agent);
     assert!(
         done.is_some(),
         "exchange {last} not delivered within 30 s; agent stderr:\n{}",
@@ -424,10 +425,7 @@ fn checkpoint_keeps_the_streams_it_has_not_found_again() {
         exchanges(1..=N, &mut ms),
     )
     .unwrap();
-    let agent = Agent::start(&mut setup);
-    wait_records(&setup, N as usize);
-    let status = agent.terminate().unwrap();
-    assert!(status.success(), "SIGTERM: {status}");
+    run_until_records(&mut setup, N as usize);
 
     // One run during which the log root cannot be listed.
     let away = dir.path().join("pods.away");
@@ -438,8 +436,7 @@ fn checkpoint_keeps_the_streams_it_has_not_found_again() {
         (metric(&text, "meshtap_checkpoint_writes_total")? > 0.0).then_some(())
     });
     assert!(checkpointed.is_some(), "no checkpoint written");
-    let status = agent.terminate().unwrap();
-    assert!(status.success(), "SIGTERM: {status}");
+    stop(agent);
     let streams = setup
         .checkpoint()
         .map(|c| c["streams"].as_object().map_or(0, |s| s.len()));
@@ -459,8 +456,7 @@ fn checkpoint_keeps_the_streams_it_has_not_found_again() {
             .any(|r| r["request"]["path"] == "/t/100")
             .then_some(())
     });
-    let status = agent.terminate().unwrap();
-    assert!(status.success(), "SIGTERM: {status}");
+    stop(agent);
     assert!(done.is_some(), "the new pod's exchange was not delivered");
     let sink = setup.sink();
     assert_eq!(
